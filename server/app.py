@@ -1,0 +1,114 @@
+"""The FastAPI application: lifecycle, middleware, error handlers, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import __version__
+from server.chat_template import ChatTemplate, select_template
+from server.config import GatewayConfig
+from server.engine import Engine, EngineRequest, SamplingSpec
+from server.errors import install_error_handlers
+from server.metrics import Metrics
+from server.routes import ClientDisconnected, api, probes
+from server.serving.chat import ChatService
+from server.serving.completions import CompletionService
+from server.serving.context import ServingContext, new_request_id
+from server.serving.generation import collect
+from server.tokenizer import Tokenizer
+
+logger = logging.getLogger("lemur.app")
+
+EngineFactory = Callable[[], Engine]
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request by route template and final status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            ctx = getattr(scope["app"].state, "ctx", None)
+            if ctx is not None:
+                ctx.metrics.http_requests.labels(path, scope["method"], str(status)).inc()
+
+
+async def warm_up(ctx: ServingContext) -> None:
+    """Serve one tiny request through the engine; then the server is ready."""
+    t0 = time.perf_counter()
+    prompt = (ctx.tokenizer.special.bos_id or 0,)
+    request = EngineRequest(new_request_id("warmup"), prompt, SamplingSpec(max_tokens=1))
+    await collect(ctx, request)
+    ctx.state.ready = True
+    logger.info("engine warm-up served in %.2fs; ready", time.perf_counter() - t0)
+
+
+def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -> ServingContext:
+    source_template, source = select_template(config.chat_template, tokenizer.chat_template)
+    template = ChatTemplate.build(source_template, source, tokenizer.special.bos, tokenizer.special.eos)
+    names = config.served_model_names or (engine.info.name,)
+    config = GatewayConfig(**{**config.__dict__, "served_model_names": names})
+    logger.info("serving %s as %s; chat template: %s", engine.info.path, ", ".join(names), source)
+    return ServingContext(config, engine, tokenizer, template, Metrics(names[0]))
+
+
+def create_app(
+    config: GatewayConfig,
+    engine_factory: EngineFactory,
+    engine_version: str = "unknown",
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = engine_factory()
+        tokenizer = Tokenizer.load(engine.info.tokenizer)
+        ctx = build_context(config, engine, tokenizer)
+        app.state.ctx = ctx
+        app.state.chat = ChatService(ctx)
+        app.state.completions = CompletionService(ctx)
+        warm = asyncio.create_task(warm_up(ctx)) if config.warmup else None
+        if warm is None:
+            ctx.state.ready = True
+        try:
+            yield
+        finally:
+            if warm is not None:
+                warm.cancel()
+            await engine.shutdown()
+
+    app = FastAPI(title="Lemur Serve", version=__version__, lifespan=lifespan)
+    app.state.engine_version = engine_version
+    install_error_handlers(app)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _disconnected(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nobody is listening; for logs and metrics
+
+    app.include_router(api)
+    app.include_router(probes)
+    app.add_middleware(RequestMetricsMiddleware)
+    return app

@@ -1,0 +1,95 @@
+"""`lemur`: the command line of Lemur Serve.
+
+lemur serve [MODEL] [gateway flags] [any vLLM engine flag]
+lemur init-model [--out DIR]     build the tiny untrained demo checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from server.config import DEFAULT_HOST, DEFAULT_PORT, GatewayConfig
+
+DEFAULT_MODEL = "models/lemur-tiny-chat-untrained"
+
+
+def add_gateway_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("gateway")
+    g.add_argument("model_tag", nargs="?", default=None, help="model directory or Hub id (same as --model)")
+    g.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s)")
+    g.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind (default %(default)s)")
+    g.add_argument("--api-key", default=None, help="require this key as 'Authorization: Bearer <key>'")
+    g.add_argument(
+        "--chat-template",
+        default=None,
+        help="Jinja chat template (file or inline); default: the checkpoint's, else Lemur's ChatML",
+    )
+    g.add_argument("--no-warmup", action="store_true", help="be ready without serving a warm-up request")
+
+
+def serve(argv: list[str]) -> int:
+    # Only the engine adapter imports vllm; its parser carries every vLLM flag.
+    from server.engine import vllm_engine
+
+    parser = vllm_engine.make_parser("lemur serve", "Serve a model with an OpenAI-compatible API.")
+    add_gateway_args(parser)
+    parser.set_defaults(model=DEFAULT_MODEL)
+    ns = parser.parse_args(argv)
+    if ns.model_tag:
+        ns.model = ns.model_tag
+    model_dir = Path(ns.model)
+    if ns.model == DEFAULT_MODEL and not model_dir.exists():
+        parser.error(f"{DEFAULT_MODEL} does not exist: run `make serve` or `lemur init-model` first")
+    if not ns.served_model_name and model_dir.is_dir():
+        ns.served_model_name = [model_dir.resolve().name]
+    # vLLM owns --log-level (it is a shortcut for its logging config); we follow it.
+    log_level = str(getattr(ns, "log_level", "INFO")).upper()
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from server.app import create_app
+
+    engine_args = vllm_engine.engine_args_from_namespace(ns)
+    config = GatewayConfig(
+        host=ns.host,
+        port=ns.port,
+        api_key=ns.api_key,
+        chat_template=ns.chat_template,
+        served_model_names=tuple(ns.served_model_name),
+        log_level=log_level.lower(),
+        warmup=not ns.no_warmup,
+    )
+    app = create_app(config, lambda: vllm_engine.VllmEngine.start(engine_args), engine_version=vllm_engine.VLLM_VERSION)
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level=config.log_level, timeout_keep_alive=30)
+    return 0
+
+
+def init_model(argv: list[str]) -> int:
+    from training.tiny import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "serve": (serve, "serve a model behind the OpenAI-compatible gateway"),
+    "init-model": (init_model, "build the tiny untrained Lemur-format demo checkpoint"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: lemur COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, _ = COMMANDS[argv[0]]
+    return command(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

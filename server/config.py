@@ -1,0 +1,21 @@
+"""Gateway configuration (the flags that are ours, not vLLM's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    api_key: str | None = None
+    chat_template: str | None = None
+    # Names clients may use in `model`; the first is the one /v1/models lists.
+    served_model_names: tuple[str, ...] = ()
+    log_level: str = "info"
+    # Run one tiny request at start-up; /ready turns 200 once it has been served.
+    warmup: bool = True

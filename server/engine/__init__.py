@@ -1,0 +1,23 @@
+"""The engine boundary: token ids + sampling parameters in, output deltas out."""
+
+from server.engine.base import (
+    Engine,
+    EngineDeadError,
+    EngineOutput,
+    EngineRejectedRequest,
+    EngineRequest,
+    ModelInfo,
+    SamplingSpec,
+    TokenLogprob,
+)
+
+__all__ = [
+    "Engine",
+    "EngineDeadError",
+    "EngineOutput",
+    "EngineRejectedRequest",
+    "EngineRequest",
+    "ModelInfo",
+    "SamplingSpec",
+    "TokenLogprob",
+]

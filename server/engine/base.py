@@ -1,0 +1,107 @@
+"""Engine interface of the gateway.
+
+The engine never sees HTTP and the routes never see tensors: the serving layer
+turns an OpenAI request into an `EngineRequest` (token ids + `SamplingSpec`)
+and consumes `EngineOutput` deltas. `server.engine.vllm_engine` adapts vLLM to
+this interface; unit tests of pure logic may use a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class EngineDeadError(RuntimeError):
+    """The engine can no longer serve requests."""
+
+
+class EngineRejectedRequest(ValueError):
+    """The engine refused a request's parameters (a client error)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: disabled
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # top-k alternatives per sampled token
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingSpec
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    # Alternatives, most likely first: (token_id, token, logprob).
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one choice produced since the previous output (a delta)."""
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None = None
+    # Set on the first output of a request that asked for prompt logprobs;
+    # the first prompt token has none.
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    tokenizer: str
+    max_model_len: int
+    vocab_size: int
+    created: int
+    generation_defaults: dict[str, float | int] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    info: ModelInfo
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Stream the request's outputs; closing the iterator aborts the request."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raise `EngineDeadError` if the engine cannot serve."""
+        ...
+
+    def is_alive(self) -> bool: ...
+
+    async def shutdown(self) -> None: ...

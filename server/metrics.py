@@ -1,0 +1,137 @@
+"""Prometheus metrics under the `lemur:` prefix, modelled on vLLM's `vllm:` names.
+
+Each app owns a registry (several apps can live in one test process); /metrics
+exports it together with the process-wide default registry, where vLLM's own
+engine metrics (`vllm:num_requests_running`, KV-cache use, ...) live.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        labels = ["model_name"]
+        self.model_name = model_name
+        self.http_requests = Counter(
+            "lemur:http_requests",
+            "HTTP requests by route and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_success = Counter(
+            "lemur:request_success",
+            "Finished generation requests by finish reason.",
+            [*labels, "finished_reason"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "lemur:time_to_first_token_seconds",
+            "Time from arrival to the first output token.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "lemur:time_per_output_token_seconds",
+            "Mean time per output token after the first.",
+            labels,
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "lemur:e2e_request_latency_seconds",
+            "Time from arrival to the last output token.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("lemur:prompt_tokens", "Prompt tokens processed.", labels, registry=r)
+        self.generation_tokens = Counter("lemur:generation_tokens", "Output tokens generated.", labels, registry=r)
+        self.running = Gauge("lemur:num_requests_running", "Requests producing tokens.", labels, registry=r)
+        self.waiting = Gauge(
+            "lemur:num_requests_waiting", "Requests waiting for their first token.", labels, registry=r
+        )
+
+    def track(self, prompt_tokens: int) -> RequestTracker:
+        return RequestTracker(self, prompt_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry) + generate_latest(REGISTRY)
+
+
+@dataclass
+class RequestTracker:
+    """Follows one engine request: waiting -> running -> finished."""
+
+    metrics: Metrics
+    prompt_tokens: int
+    start: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    tokens: int = 0
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        m = self.metrics
+        m.waiting.labels(m.model_name).inc()
+        m.prompt_tokens.labels(m.model_name).inc(self.prompt_tokens)
+
+    def on_tokens(self, count: int) -> None:
+        if count <= 0:
+            return
+        now = time.perf_counter()
+        m = self.metrics
+        if self.first_token_at is None:
+            self.first_token_at = now
+            m.ttft.labels(m.model_name).observe(now - self.start)
+            m.waiting.labels(m.model_name).dec()
+            m.running.labels(m.model_name).inc()
+        self.last_token_at = now
+        self.tokens += count
+        m.generation_tokens.labels(m.model_name).inc(count)
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        m = self.metrics
+        if self.first_token_at is None:
+            m.waiting.labels(m.model_name).dec()
+        else:
+            m.running.labels(m.model_name).dec()
+            assert self.last_token_at is not None
+            m.e2e.labels(m.model_name).observe(self.last_token_at - self.start)
+            if self.tokens > 1:
+                m.tpot.labels(m.model_name).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
+        m.request_success.labels(m.model_name, reason).inc()

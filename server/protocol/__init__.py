@@ -1,0 +1,1 @@
+"""The HTTP edge: OpenAI-compatible request and response models."""

@@ -1,0 +1,166 @@
+"""HTTP routes: thin; the serving layer does the work, errors are raised."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from server import __version__
+from server.engine import EngineDeadError
+from server.errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable, error_body
+from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
+from server.protocol.common import ModelCard, ModelList, VersionResponse
+from server.protocol.completions import CompletionRequest, CompletionResponse
+from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.serving.chat import ChatService, render_messages
+from server.serving.completions import CompletionService
+from server.serving.context import ServingContext
+
+T = TypeVar("T")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the response was ready."""
+
+
+def context(request: Request) -> ServingContext:
+    return request.app.state.ctx
+
+
+async def require_api_key(request: Request) -> None:
+    expected = context(request).config.api_key
+    if expected is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if not token:
+        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    # Constant-time comparison; the key itself never appears in any message.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise AuthenticationFailed("Incorrect API key provided.")
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` unless the client disconnects first; then cancel it, which
+    closes its engine stream and so aborts the engine request."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.create_task(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected
+    return task.result()
+
+
+api = APIRouter(dependencies=[Depends(require_api_key)])
+probes = APIRouter()
+
+
+@api.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    service: ChatService = request.app.state.chat
+    prepared = service.prepare(body)
+    if body.stream:
+        events = await until_disconnected(request, service.stream(prepared))
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    result = await until_disconnected(request, service.complete(prepared))
+    return JSONResponse(result.model_dump(exclude_none=True))
+
+
+@api.post("/v1/completions", response_model=CompletionResponse)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    service: CompletionService = request.app.state.completions
+    prepared = service.prepare(body)
+    if body.stream:
+        events = await until_disconnected(request, service.stream(prepared))
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    result = await until_disconnected(request, service.complete(prepared))
+    return JSONResponse(result.model_dump(exclude_none=True))
+
+
+def _model_card(ctx: ServingContext, name: str) -> ModelCard:
+    info = ctx.engine.info
+    return ModelCard(id=name, created=info.created, max_model_len=info.max_model_len)
+
+
+@api.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    ctx = context(request)
+    return ModelList(data=[_model_card(ctx, ctx.model_name)])
+
+
+@api.get("/v1/models/{model:path}", response_model=ModelCard)
+async def retrieve_model(model: str, request: Request) -> ModelCard:
+    ctx = context(request)
+    return _model_card(ctx, ctx.resolve_model(model))
+
+
+@api.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    ctx = context(request)
+    ctx.resolve_model(body.model)
+    if body.messages is not None:
+        tokens = render_messages(ctx, body.messages, body.add_generation_prompt)
+    else:
+        tokens = ctx.tokenizer.encode(body.prompt or "", add_special_tokens=body.add_special_tokens)
+    return TokenizeResponse(count=len(tokens), max_model_len=ctx.engine.info.max_model_len, tokens=tokens)
+
+
+@api.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    ctx = context(request)
+    ctx.resolve_model(body.model)
+    vocab = ctx.engine.info.vocab_size
+    bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise InvalidRequest(f"tokens: token id {bad} is outside the vocabulary (0..{vocab - 1})", param="tokens")
+    return DetokenizeResponse(prompt=ctx.tokenizer.decode(body.tokens))
+
+
+@api.get("/version", response_model=VersionResponse)
+async def version(request: Request) -> VersionResponse:
+    return VersionResponse(version=__version__, vllm=request.app.state.engine_version)
+
+
+@probes.get("/health")
+async def health(request: Request) -> Response:
+    """Liveness: the process answers and the engine is alive."""
+    ctx: ServingContext | None = getattr(request.app.state, "ctx", None)
+    if ctx is None or not ctx.engine.is_alive():
+        raise ServiceUnavailable("the inference engine is not running")
+    try:
+        await ctx.engine.check_health()
+    except EngineDeadError as exc:
+        raise ServiceUnavailable("the inference engine is not running") from exc
+    return JSONResponse({"status": "ok"})
+
+
+@probes.get("/ready")
+async def ready(request: Request) -> Response:
+    """Readiness: 200 only once the engine has served a request."""
+    ctx: ServingContext | None = getattr(request.app.state, "ctx", None)
+    if ctx is None or not ctx.engine.is_alive():
+        raise ServiceUnavailable("the inference engine is not running")
+    if not ctx.state.ready:
+        return JSONResponse(error_body("the server is warming up", "server_error", None, "not_ready"), status_code=503)
+    return JSONResponse({"status": "ready", "model": ctx.model_name})
+
+
+@probes.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,1 @@
+"""The serving layer: OpenAI requests in, engine requests out, responses back."""

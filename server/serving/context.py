@@ -1,0 +1,47 @@
+"""What every serving call needs, built once at start-up."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from server.chat_template import ChatTemplate
+from server.config import GatewayConfig
+from server.engine import Engine
+from server.errors import ModelNotFound
+from server.metrics import Metrics
+from server.tokenizer import Tokenizer
+
+
+@dataclass
+class ServingState:
+    """Mutable lifecycle flags (the only mutable part of the context)."""
+
+    ready: bool = False
+
+
+@dataclass(frozen=True)
+class ServingContext:
+    config: GatewayConfig
+    engine: Engine
+    tokenizer: Tokenizer
+    template: ChatTemplate
+    metrics: Metrics
+    state: ServingState = field(default_factory=ServingState)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.served_model_names[0]
+
+    def resolve_model(self, requested: str | None) -> str:
+        """The served name for a request's `model` (absent means the default)."""
+        if requested is None or requested in self.config.served_model_names:
+            return requested or self.model_name
+        raise ModelNotFound(
+            f"The model `{requested}` does not exist. This server serves `{self.model_name}`.",
+            param="model",
+        )
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"

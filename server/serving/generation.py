@@ -1,0 +1,135 @@
+"""Running engine requests: metrics, error mapping, aggregation, fan-in.
+
+`generate` is the one wrapper around `Engine.generate`: it tracks metrics,
+maps engine errors to API errors, and makes sure that closing the stream (a
+client disconnect, a cancelled task) aborts the engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest, TokenLogprob
+from server.errors import InvalidRequest, ServiceUnavailable
+from server.serving.context import ServingContext
+
+T = TypeVar("T")
+
+
+async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    tracker = ctx.metrics.track(len(request.prompt_token_ids))
+    reason = "abort"
+    finished = 0
+    try:
+        async with aclosing(ctx.engine.generate(request)) as outputs:
+            async for out in outputs:
+                tracker.on_tokens(len(out.token_ids))
+                if out.finish_reason is not None:
+                    finished += 1
+                    reason = out.finish_reason
+                yield out
+        if finished < request.sampling.n:
+            reason = "abort"
+    except EngineRejectedRequest as exc:
+        reason = "error"
+        raise InvalidRequest(str(exc), param=exc.param) from exc
+    except EngineDeadError as exc:
+        reason = "error"
+        raise ServiceUnavailable("the inference engine is not available") from exc
+    finally:
+        tracker.finish(reason)
+
+
+async def prime(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
+    """Wait for a stream's first item, so that a request that fails before
+    producing anything fails before the HTTP response has started."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return None, stream
+    except BaseException:
+        await stream.aclose()  # type: ignore[attr-defined]
+        raise
+    return first, stream
+
+
+@dataclass
+class ChoiceResult:
+    """One finished choice, accumulated from its deltas."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+    def add(self, out: EngineOutput) -> None:
+        self.text += out.text
+        self.token_ids.extend(out.token_ids)
+        if out.logprobs:
+            self.logprobs.extend(out.logprobs)
+        if out.finish_reason is not None:
+            self.finish_reason = out.finish_reason
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
+
+
+async def collect(ctx: ServingContext, request: EngineRequest) -> list[ChoiceResult]:
+    """Run a request to the end; one result per choice, by index."""
+    results = [ChoiceResult(i) for i in range(request.sampling.n)]
+    async for out in generate(ctx, request):
+        results[out.index].add(out)
+    # With n > 1 vLLM sends prompt logprobs with one child only; share them.
+    shared = next((r.prompt_logprobs for r in results if r.prompt_logprobs), None)
+    for r in results:
+        r.prompt_logprobs = r.prompt_logprobs or shared
+    return results
+
+
+async def collect_all(ctx: ServingContext, requests: Sequence[EngineRequest]) -> list[list[ChoiceResult]]:
+    """Run several requests concurrently (a completions call with several prompts)."""
+    if len(requests) == 1:
+        return [await collect(ctx, requests[0])]
+    return list(await asyncio.gather(*(collect(ctx, r) for r in requests)))
+
+
+async def merge(ctx: ServingContext, requests: Sequence[EngineRequest]) -> AsyncIterator[tuple[int, EngineOutput]]:
+    """Interleave the streams of several requests as outputs arrive: (request index, output)."""
+    if len(requests) == 1:
+        async with aclosing(generate(ctx, requests[0])) as stream:
+            async for out in stream:
+                yield 0, out
+        return
+
+    # Bounded: a pump waits when the client reads slower than the engine writes.
+    queue: asyncio.Queue[tuple[int, EngineOutput] | BaseException | None] = asyncio.Queue(256)
+
+    async def pump(i: int, request: EngineRequest) -> None:
+        try:
+            async with aclosing(generate(ctx, request)) as stream:
+                async for out in stream:
+                    await queue.put((i, out))
+            await queue.put(None)
+        except Exception as exc:  # re-raised by the consumer below
+            await queue.put(exc)
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,86 @@
+"""OpenAI sampling fields -> the engine's `SamplingSpec`, with context checks."""
+
+from __future__ import annotations
+
+from server.engine import SamplingSpec
+from server.errors import ContextLengthExceeded, InvalidRequest
+from server.protocol.common import SamplingFields
+from server.serving.context import ServingContext
+
+
+def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int) -> int:
+    """Default to the room left in the context; refuse what cannot fit."""
+    room = max_model_len - prompt_len
+    if room <= 0 or (requested is not None and requested > room):
+        asked = prompt_len + (requested or 0)
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {asked} tokens ({prompt_len} in the prompt, {requested or 0} for the "
+            "completion). Please reduce the prompt or max_tokens.",
+            param="max_tokens" if room > 0 else "messages",
+        )
+    return requested if requested is not None else room
+
+
+def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    out = []
+    for key, value in (bias or {}).items():
+        token_id = int(key)
+        if not 0 <= token_id < vocab_size:
+            raise InvalidRequest(
+                f"logit_bias: token id {token_id} is outside the vocabulary (0..{vocab_size - 1})",
+                param="logit_bias",
+            )
+        out.append((token_id, float(value)))
+    return tuple(out)
+
+
+def build_sampling(
+    ctx: ServingContext,
+    req: SamplingFields,
+    *,
+    prompt_len: int,
+    max_tokens: int | None,
+    logprobs: int | None,
+    prompt_logprobs: int | None = None,
+) -> SamplingSpec:
+    info = ctx.engine.info
+    defaults = info.generation_defaults
+    special = ctx.tokenizer.special
+    # The trap: Lemur's eos is `</s>` but a turn ends with `<|im_end|>`.
+    # Stop there too unless the client asked to ignore stop tokens.
+    stop_ids = () if req.ignore_eos or special.im_end_id is None else (special.im_end_id,)
+    top_k = req.top_k if req.top_k is not None else int(defaults.get("top_k", 0))
+
+    def pick(value: float | None, key: str, neutral: float) -> float:
+        return float(value) if value is not None else float(defaults.get(key, neutral))
+
+    spec = SamplingSpec(
+        n=req.n,
+        max_tokens=resolve_max_tokens(max_tokens, prompt_len, info.max_model_len),
+        min_tokens=req.min_tokens,
+        temperature=pick(req.temperature, "temperature", 1.0),
+        top_p=pick(req.top_p, "top_p", 1.0),
+        top_k=0 if top_k < 0 else top_k,
+        min_p=pick(req.min_p, "min_p", 0.0),
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=pick(req.repetition_penalty, "repetition_penalty", 1.0),
+        stop=tuple(req.stop_list()),
+        stop_token_ids=stop_ids,
+        ignore_eos=req.ignore_eos,
+        logit_bias=parse_logit_bias(req.logit_bias, info.vocab_size),
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
+    check_min_tokens(spec)
+    return spec
+
+
+def check_min_tokens(spec: SamplingSpec) -> None:
+    if spec.min_tokens > spec.max_tokens:
+        raise InvalidRequest(
+            f"min_tokens ({spec.min_tokens}) must not exceed max_tokens ({spec.max_tokens})",
+            param="min_tokens",
+        )

@@ -1,0 +1,54 @@
+"""A deterministic stand-in engine for unit tests of pure gateway logic.
+
+Nothing about serving is claimed from it; the e2e tests use the real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from server.engine import EngineOutput, EngineRequest, ModelInfo
+
+
+class FakeEngine:
+    """Emits `max_tokens` tokens per choice: the text "t0 t1 t2 ..."."""
+
+    def __init__(self, path: str, vocab_size: int, max_model_len: int = 256, delay: float = 0.0) -> None:
+        self.info = ModelInfo(
+            name="fake", path=path, tokenizer=path, max_model_len=max_model_len,
+            vocab_size=vocab_size, created=int(time.time()),
+        )  # fmt: skip
+        self.delay = delay
+        self.requests: list[EngineRequest] = []
+        self.aborted: list[str] = []
+        self.alive = True
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        self.requests.append(request)
+        spec = request.sampling
+        try:
+            for step in range(spec.max_tokens):
+                for index in range(spec.n):
+                    last = step == spec.max_tokens - 1
+                    yield EngineOutput(
+                        index=index, text=f" t{step}", token_ids=(10 + step,),
+                        finish_reason="length" if last else None,
+                    )  # fmt: skip
+                await asyncio.sleep(self.delay)
+        except (GeneratorExit, asyncio.CancelledError):
+            self.aborted.append(request.request_id)
+            raise
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    async def check_health(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        self.alive = False

@@ -1,0 +1,193 @@
+"""Error statuses, auth, probes, metrics and disconnect abort on the real server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import MAX_MODEL_LEN, MODEL_NAME
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def post(server, path: str, body=None, content: bytes | None = None, headers=None) -> httpx.Response:
+    h = {**server.headers(), **(headers or {})}
+    if content is not None:
+        return httpx.post(server.url(path), headers={**h, "content-type": "application/json"}, content=content)
+    return httpx.post(server.url(path), headers=h, json=body, timeout=60)
+
+
+def assert_envelope(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"]
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+def metric(server, name: str, **labels: str) -> float:
+    text = httpx.get(server.url("/metrics")).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": MESSAGES, "temperature": 5}, "temperature"),
+        ({"messages": MESSAGES, "max_tokens": -1}, "max_tokens"),
+        ({"messages": MESSAGES, "max_tokens": "many"}, "max_tokens"),
+        ({"messages": MESSAGES, "n": 0}, "n"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user"}]}, "messages.0"),
+        ({"messages": MESSAGES, "top_logprobs": 3}, None),
+        ({"messages": MESSAGES, "logit_bias": {"99999999": 5}}, "logit_bias"),
+        ({"messages": MESSAGES, "logit_bias": {"abc": 5}}, None),
+        ({"messages": MESSAGES, "stop": [""]}, None),
+        ({"messages": MESSAGES, "stream_options": {"include_usage": True}}, None),
+        ({"messages": MESSAGES, "min_tokens": 30, "max_tokens": 5}, "min_tokens"),
+        ({}, "messages"),
+        ([1, 2, 3], None),
+    ],
+)
+def test_bad_chat_requests_get_400(server, body, param) -> None:
+    err = assert_envelope(post(server, "/v1/chat/completions", body), 400)
+    assert err["type"] == "invalid_request_error"
+    if param is not None:
+        assert err["param"] == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": []},
+        {"prompt": [[]]},
+        {"prompt": [1, "a"]},
+        {"prompt": [10**9]},
+        {"prompt": "x", "logprobs": 50},
+        {"prompt": "x", "suffix": "y"},
+    ],
+)
+def test_bad_completion_requests_get_400(server, body) -> None:
+    assert_envelope(post(server, "/v1/completions", body), 400)
+
+
+def test_malformed_json_and_bad_utf8_get_400(server) -> None:
+    assert_envelope(post(server, "/v1/chat/completions", content=b'{"messages": [}'), 400)
+    assert_envelope(post(server, "/v1/chat/completions", content=b'{"messages": "\xff\xfe"}'), 400)
+
+
+def test_context_length_exceeded(server, client) -> None:
+    err = assert_envelope(post(server, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": MAX_MODEL_LEN}),
+                          400, "context_length_exceeded")  # fmt: skip
+    assert str(MAX_MODEL_LEN) in err["message"]
+    long_prompt = "word " * (MAX_MODEL_LEN * 2)
+    assert_envelope(post(server, "/v1/completions", {"prompt": long_prompt}), 400, "context_length_exceeded")
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": long_prompt}])
+    assert exc.value.status_code == 400 and exc.value.code == "context_length_exceeded"
+
+
+def test_unknown_model_is_404(client) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="gpt-4", messages=MESSAGES, max_tokens=2)
+    assert exc.value.code == "model_not_found"
+
+
+def test_unknown_fields_are_ignored(client) -> None:
+    r = client.chat.completions.create(
+        model=MODEL_NAME, messages=MESSAGES, max_tokens=2, extra_body={"some_future_field": {"x": 1}}
+    )
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_auth(server) -> None:
+    body = {"messages": MESSAGES, "max_tokens": 2}
+    r = httpx.post(server.url("/v1/chat/completions"), json=body)
+    assert_envelope(r, 401, "invalid_api_key")
+    r = httpx.post(server.url("/v1/chat/completions"), json=body, headers={"Authorization": "Bearer wrong"})
+    err = assert_envelope(r, 401, "invalid_api_key")
+    assert server.api_key not in r.text and "wrong" not in err["message"]
+    assert_envelope(httpx.get(server.url("/v1/models")), 401)
+    bad = openai.OpenAI(base_url=server.url("/v1"), api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    # Probes and metrics stay open.
+    for path in ("/health", "/ready", "/metrics"):
+        assert httpx.get(server.url(path)).status_code == 200
+
+
+def test_models_version_tokenize(server, client) -> None:
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL_NAME]
+    assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
+    v = httpx.get(server.url("/version"), headers=server.headers()).json()
+    assert v["version"] and v["vllm"].startswith("0.32")
+    tok = post(server, "/tokenize", {"prompt": "def main():", "add_special_tokens": True}).json()
+    assert tok["max_model_len"] == MAX_MODEL_LEN and tok["count"] == len(tok["tokens"])
+    back = post(server, "/detokenize", {"tokens": tok["tokens"][1:]}).json()  # drop <s>
+    assert back["prompt"] == "def main():"
+    assert_envelope(post(server, "/detokenize", {"tokens": [-1]}), 400)
+
+
+def test_metrics_exported(server, client) -> None:
+    client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=3)
+    text = httpx.get(server.url("/metrics")).text
+    for name in (
+        "lemur:http_requests_total", "lemur:time_to_first_token_seconds_bucket",
+        "lemur:time_per_output_token_seconds_bucket", "lemur:e2e_request_latency_seconds_bucket",
+        "lemur:prompt_tokens_total", "lemur:generation_tokens_total",
+        "lemur:num_requests_running", "lemur:num_requests_waiting", "vllm:num_requests_running",
+    ):  # fmt: skip
+        assert name in text, name
+    assert metric(server, "lemur:http_requests_total", route="/v1/chat/completions", status="200") >= 1
+    before = metric(server, "lemur:http_requests_total", route="/v1/chat/completions", status="400")
+    post(server, "/v1/chat/completions", {"messages": []})
+    assert metric(server, "lemur:http_requests_total", route="/v1/chat/completions", status="400") == before + 1
+
+
+def wait_engine_idle(server, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metric(server, "vllm:num_requests_running") == 0 and metric(server, "lemur:num_requests_running") == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError("engine still has running requests")
+
+
+LONG = {"messages": MESSAGES, "max_tokens": MAX_MODEL_LEN - 32, "ignore_eos": True}
+
+
+def test_stream_disconnect_aborts_engine_request(server, client) -> None:
+    aborted = metric(server, "lemur:request_success_total", finished_reason="abort")
+    with httpx.stream("POST", server.url("/v1/chat/completions"), headers=server.headers(),
+                      json={**LONG, "stream": True}, timeout=60) as r:  # fmt: skip
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert all(line.startswith("data: ") or not line for line in got)
+    # The client is gone: the gateway must abort the engine request.
+    wait_engine_idle(server)
+    assert metric(server, "lemur:request_success_total", finished_reason="abort") == aborted + 1
+    r = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=3)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_non_stream_disconnect_aborts_engine_request(server) -> None:
+    aborted = metric(server, "lemur:request_success_total", finished_reason="abort")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url("/v1/chat/completions"), headers=server.headers(), json={**LONG, "n": 4}, timeout=0.3)
+    wait_engine_idle(server)
+    assert metric(server, "lemur:request_success_total", finished_reason="abort") == aborted + 1

@@ -1,0 +1,123 @@
+"""Pure gateway logic over a fake engine: validation, envelopes, SSE framing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.config import GatewayConfig
+from server.errors import ContextLengthExceeded
+from server.serving.sampling import resolve_max_tokens
+from tests.fake_engine import FakeEngine
+
+
+@pytest.fixture()
+def fake(tiny_checkpoint: Path) -> FakeEngine:
+    return FakeEngine(str(tiny_checkpoint), vocab_size=2053)
+
+
+@pytest.fixture()
+def app_client(fake: FakeEngine):
+    app = create_app(GatewayConfig(served_model_names=("tiny", "alias")), lambda: fake)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_no_api_key_configured_means_open(app_client) -> None:
+    r = app_client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200
+    assert r.json()["model"] == "tiny"
+
+
+def test_model_aliases(app_client) -> None:
+    body = {"model": "alias", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    assert app_client.post("/v1/chat/completions", json=body).json()["model"] == "alias"
+    r = app_client.post("/v1/chat/completions", json={**body, "model": "other"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_validation_is_400_not_422(app_client) -> None:
+    r = app_client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": 3}]})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert r.json()["error"]["param"].startswith("messages.0.content")
+
+
+def test_unknown_path_and_method_use_envelope(app_client) -> None:
+    r = app_client.get("/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    r = app_client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_sse_framing_role_first_done_last(app_client) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 2, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    with app_client.stream("POST", "/v1/chat/completions", json=body) as r:
+        raw = "".join(r.iter_text())
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": ""}] * 2
+    assert [c["choices"][0]["index"] for c in chunks[:2]] == [0, 1]
+    texts = {0: "", 1: ""}
+    for c in chunks[2:-1]:
+        ch = c["choices"][0]
+        assert set(ch["delta"]) == {"content"}
+        texts[ch["index"]] += ch["delta"]["content"]
+    assert texts == {0: " t0 t1 t2", 1: " t0 t1 t2"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_chat_prompt_is_lemur_chatml(app_client, fake: FakeEngine) -> None:
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    app_client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 1})
+    ids = list(fake.requests[-1].prompt_token_ids)
+    text = app_client.post("/detokenize", json={"tokens": ids}).json()["prompt"]
+    assert text == "<s><|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    im_end = app_client.post("/tokenize", json={"prompt": "<|im_end|>", "add_special_tokens": False}).json()["tokens"]
+    spec = fake.requests[-1].sampling
+    assert spec.stop_token_ids == tuple(im_end)
+    # Generation defaults of the checkpoint (temperature 0.6, top_p 0.9) are not
+    # applied by the fake; what the request omits stays neutral here.
+    assert spec.max_tokens == 1
+
+
+def test_ignore_eos_drops_im_end_stop(app_client, fake: FakeEngine) -> None:
+    app_client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "u"}], "max_tokens": 2,
+                                                  "ignore_eos": True})  # fmt: skip
+    assert fake.requests[-1].sampling.stop_token_ids == ()
+    assert fake.requests[-1].sampling.ignore_eos is True
+
+
+def test_default_max_tokens_fills_context(app_client, fake: FakeEngine) -> None:
+    app_client.post("/v1/completions", json={"prompt": [5, 6, 7]})
+    assert fake.requests[-1].sampling.max_tokens == fake.info.max_model_len - 3
+
+
+def test_resolve_max_tokens() -> None:
+    assert resolve_max_tokens(None, 10, 100) == 90
+    assert resolve_max_tokens(90, 10, 100) == 90
+    with pytest.raises(ContextLengthExceeded):
+        resolve_max_tokens(91, 10, 100)
+    with pytest.raises(ContextLengthExceeded):
+        resolve_max_tokens(None, 100, 100)
+
+
+def test_probes_and_readiness(app_client) -> None:
+    assert app_client.get("/health").status_code == 200
+    assert app_client.get("/ready").json()["status"] == "ready"
+
+
+def test_api_key_required(fake: FakeEngine) -> None:
+    app = create_app(GatewayConfig(api_key="k1", served_model_names=("tiny",)), lambda: fake)
+    with TestClient(app) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer k1"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": "Basic k1"}).status_code == 401
+        assert c.get("/health").status_code == 200
+        assert c.get("/metrics").status_code == 200

@@ -1,0 +1,1 @@
+"""Lemur's training recipe: tokenizer, pretraining, SFT and export."""
