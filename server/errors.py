@@ -95,8 +95,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     param = _validation_param(tuple(first.get("loc", ())))
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
-    if first.get("type") == "missing" and param is None:
-        return "request body is required", None
+    if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
+        return "request body must be a JSON object (send Content-Type: application/json)", None
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
     return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param

@@ -121,3 +121,24 @@ def test_api_key_required(fake: FakeEngine) -> None:
         assert c.get("/v1/models", headers={"Authorization": "Basic k1"}).status_code == 401
         assert c.get("/health").status_code == 200
         assert c.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "needle"),
+    [
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages.0.content"),
+        ("/v1/completions", b'{"prompt": "a \\udfff b"}', "prompt"),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\ud83d"]}', "stop"),
+        ("/tokenize", b'{"prompt": "\\ud800"}', "prompt"),
+    ],
+)
+def test_lone_surrogates_are_400(app_client, path: str, raw: bytes, needle: str) -> None:
+    r = app_client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert needle in r.json()["error"]["message"] and "Unicode" in r.json()["error"]["message"]
+
+
+def test_non_json_body_is_400_with_hint(app_client) -> None:
+    r = app_client.post("/v1/chat/completions", content=b"hello", headers={"content-type": "text/plain"})
+    assert r.status_code == 400
+    assert "Content-Type: application/json" in r.json()["error"]["message"]

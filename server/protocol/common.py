@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,36 @@ class OpenAIModel(BaseModel):
         return self
 
 
+def find_invalid_unicode(data: Any) -> str | None:
+    """Path of the first string with a lone surrogate (JSON allows "\\ud800"
+    escapes, but no tokenizer or engine can take such text), else None."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "body"
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+    return None
+
+
+class RequestModel(OpenAIModel):
+    """A whole request body."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = find_invalid_unicode(data)
+        if where is not None:
+            raise ValueError(f"{where}: text is not valid Unicode (lone surrogate)")
+        return data
+
+
 class ResponseModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,7 +63,7 @@ class StreamOptions(OpenAIModel):
     include_usage: bool = False
 
 
-class SamplingFields(OpenAIModel):
+class SamplingFields(RequestModel):
     """Sampling parameters common to chat and completions."""
 
     model: str | None = None

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import model_validator
 
 from server.protocol.chat import ChatMessage
-from server.protocol.common import OpenAIModel, ResponseModel
+from server.protocol.common import RequestModel, ResponseModel
 
 
-class TokenizeRequest(OpenAIModel):
+class TokenizeRequest(RequestModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -28,7 +28,7 @@ class TokenizeResponse(ResponseModel):
     tokens: list[int]
 
 
-class DetokenizeRequest(OpenAIModel):
+class DetokenizeRequest(RequestModel):
     model: str | None = None
     tokens: list[int]
 
