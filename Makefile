@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-MODEL  ?= models/lemur-tiny-chat-untrained
+MODEL  ?= models/lemur-tiny-chat
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 
 model: $(MODEL)/config.json
 
+# The default model: Lemur's recipe (pretrain + SFT + export) on the tiny
+# preset, ~10 minutes on 2 cores the first time, cached in $(MODEL) after that.
 $(MODEL)/config.json: | $(STAMP)
-	$(BIN)/lemur init-model --out $(MODEL)
+	$(BIN)/lemur train recipe --preset tiny --out runs/tiny --export-to $(MODEL)
 
 serve: install model
 	$(BIN)/lemur serve $(MODEL) --host $(HOST) --port $(PORT) --enforce-eager
@@ -40,4 +42,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) models .pytest_cache .ruff_cache
+	rm -rf $(VENV) models runs .pytest_cache .ruff_cache

@@ -1,20 +1,44 @@
 """`lemur`: the command line of Lemur Serve.
 
-lemur serve [MODEL] [gateway flags] [any vLLM engine flag]
-lemur init-model [--out DIR]     build the tiny untrained demo checkpoint
+- `lemur serve [MODEL] [gateway flags] [any vLLM engine flag]`: with no MODEL,
+  the trained tiny chat model, trained on first use and cached under
+  $LEMUR_CACHE (default ~/.cache/lemur).
+- `lemur train {recipe,pretrain,sft,export} ...`: Lemur's training recipe.
+- `lemur init-model [--out DIR]`: the tiny untrained checkpoint (tests, demos).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from server.config import DEFAULT_HOST, DEFAULT_PORT, GatewayConfig
 
-DEFAULT_MODEL = "models/lemur-tiny-chat-untrained"
+DEFAULT_MODEL_NAME = "lemur-tiny-chat"
+
+
+def lemur_cache() -> Path:
+    return Path(os.environ.get("LEMUR_CACHE", Path.home() / ".cache" / "lemur"))
+
+
+def default_model_dir() -> Path:
+    return lemur_cache() / "models" / DEFAULT_MODEL_NAME
+
+
+def ensure_default_model(path: Path) -> None:
+    """The default model is trained on first use (the tiny preset, about ten
+    minutes on two cores, with a progress bar) and cached."""
+    if (path / "config.json").exists():
+        return
+    print(f"{DEFAULT_MODEL_NAME} is not cached yet: training it once (lemur train recipe --preset tiny) ...")
+    from training.cli import main as train_main
+
+    run_dir = lemur_cache() / "runs" / "tiny"
+    train_main(["recipe", "--preset", "tiny", "--out", str(run_dir), "--export-to", str(path)])
 
 
 def add_gateway_args(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +61,14 @@ def serve(argv: list[str]) -> int:
 
     parser = vllm_engine.make_parser("lemur serve", "Serve a model with an OpenAI-compatible API.")
     add_gateway_args(parser)
-    parser.set_defaults(model=DEFAULT_MODEL)
+    parser.set_defaults(model=None)
     ns = parser.parse_args(argv)
     if ns.model_tag:
         ns.model = ns.model_tag
+    if ns.model is None:
+        ensure_default_model(default_model_dir())
+        ns.model = str(default_model_dir())
     model_dir = Path(ns.model)
-    if ns.model == DEFAULT_MODEL and not model_dir.exists():
-        parser.error(f"{DEFAULT_MODEL} does not exist: run `make serve` or `lemur init-model` first")
     if not ns.served_model_name and model_dir.is_dir():
         ns.served_model_name = [model_dir.resolve().name]
     # vLLM owns --log-level (it is a shortcut for its logging config); we follow it.
@@ -60,13 +85,19 @@ def serve(argv: list[str]) -> int:
         port=ns.port,
         api_key=ns.api_key,
         chat_template=ns.chat_template,
-        served_model_names=tuple(ns.served_model_name),
+        served_model_names=tuple(ns.served_model_name or ()),
         log_level=log_level.lower(),
         warmup=not ns.no_warmup,
     )
     app = create_app(config, lambda: vllm_engine.VllmEngine.start(engine_args), engine_version=vllm_engine.VLLM_VERSION)
     uvicorn.run(app, host=ns.host, port=ns.port, log_level=config.log_level, timeout_keep_alive=30)
     return 0
+
+
+def train(argv: list[str]) -> int:
+    from training.cli import main
+
+    return main(argv)
 
 
 def init_model(argv: list[str]) -> int:
@@ -77,6 +108,7 @@ def init_model(argv: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (serve, "serve a model behind the OpenAI-compatible gateway"),
+    "train": (train, "Lemur's training recipe: pretrain, sft, export, recipe"),
     "init-model": (init_model, "build the tiny untrained Lemur-format demo checkpoint"),
 }
 

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from server import __version__
 from server.engine import EngineDeadError
@@ -20,9 +21,25 @@ from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, Toke
 from server.serving.chat import ChatService, render_messages
 from server.serving.completions import CompletionService
 from server.serving.context import ServingContext
+from server.serving.sse import EventStream
 
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class EventStreamResponse(StreamingResponse):
+    """SSE response that always closes its event stream, so the engine request
+    behind it is aborted even if the client left before the body started."""
+
+    def __init__(self, stream: EventStream) -> None:
+        super().__init__(stream.events, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stream.aclose()
 
 
 class ClientDisconnected(Exception):
@@ -76,8 +93,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service: ChatService = request.app.state.chat
     prepared = service.prepare(body)
     if body.stream:
-        events = await until_disconnected(request, service.stream(prepared))
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(await until_disconnected(request, service.stream(prepared)))
     result = await until_disconnected(request, service.complete(prepared))
     return JSONResponse(result.model_dump(exclude_none=True))
 
@@ -87,8 +103,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     service: CompletionService = request.app.state.completions
     prepared = service.prepare(body)
     if body.stream:
-        events = await until_disconnected(request, service.stream(prepared))
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(await until_disconnected(request, service.stream(prepared)))
     result = await until_disconnected(request, service.complete(prepared))
     return JSONResponse(result.model_dump(exclude_none=True))
 

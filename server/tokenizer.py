@@ -7,10 +7,39 @@ the engine sees).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from server.chat_format import IM_END
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _byte_level_decoder(hf: Any) -> dict[str, int] | None:
+    """GPT-2 style byte-level vocabularies spell each byte as one printable
+    character; return that character -> byte table if `hf` is one."""
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None or "ByteLevel" not in type(backend.decoder).__name__:
+        return None
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return {ch: i for i, ch in enumerate(_gpt2_byte_order(ByteLevel.alphabet()))}
+
+
+def _gpt2_byte_order(alphabet: list[str]) -> list[str]:
+    # GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to
+    # 256 + n in order; rebuild that table from the byte values.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    assert set(table.values()) == set(alphabet)
+    return [table[b] for b in range(256)]
 
 
 @dataclass(frozen=True)
@@ -35,6 +64,8 @@ class Tokenizer:
             im_end_id=im_end if isinstance(im_end, int) and im_end != unk else None,
         )
         self.vocab_size = len(hf)
+        self._bytes_cache: dict[int, bytes] = {}
+        self._byte_decoder = _byte_level_decoder(hf)
 
     @classmethod
     def load(cls, path: str, revision: str | None = None, trust_remote_code: bool = False) -> Tokenizer:
@@ -53,5 +84,22 @@ class Tokenizer:
     def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._hf.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
-    def token_bytes(self, token: str) -> list[int]:
-        return list(token.encode("utf-8"))
+    def token_bytes(self, token_id: int, text: str) -> list[int]:
+        """The raw bytes of one token (OpenAI's `bytes` logprob field). A token
+        can be part of a multi-byte character, whose decoded text is U+FFFD,
+        so the bytes come from the vocabulary entry, not from `text`."""
+        cached = self._bytes_cache.get(token_id)
+        if cached is None:
+            cached = self._token_bytes(token_id, text)
+            self._bytes_cache[token_id] = cached
+        return list(cached)
+
+    def _token_bytes(self, token_id: int, text: str) -> bytes:
+        piece = self._hf.convert_ids_to_tokens(token_id)
+        if not isinstance(piece, str) or token_id in self._hf.all_special_ids:
+            return text.encode("utf-8")
+        if self._byte_decoder is not None and all(ch in self._byte_decoder for ch in piece):
+            return bytes(self._byte_decoder[ch] for ch in piece)
+        if m := _BYTE_PIECE.fullmatch(piece):  # SentencePiece byte fallback, e.g. <0xE2>
+            return bytes([int(m.group(1), 16)])
+        return piece.replace("\u2581", " ").encode("utf-8")

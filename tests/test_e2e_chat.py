@@ -197,7 +197,7 @@ def test_async_sdk_concurrent(async_client_factory) -> None:
 
     out = asyncio.run(run())
     assert all(f in ("stop", "length") for f in out[:6])
-    assert isinstance(out[6], str)
+    assert out[6]  # the streamed reply has text
 
 
 def test_content_parts_and_developer_role(client, server) -> None:

@@ -52,6 +52,31 @@ def test_echo_and_logprobs(client) -> None:
     assert lp.text_offset == sorted(lp.text_offset)
 
 
+def test_stream_echo_logprobs_n2_align(client) -> None:
+    """Every choice echoes the prompt with its tokens' logprobs; the tokens
+    spell the text and the offsets point into it."""
+    stream = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=4, n=2, echo=True, logprobs=1, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    text: dict[int, str] = {}
+    tokens: dict[int, list[str]] = {}
+    offsets: dict[int, list[int]] = {}
+    for chunk in stream:
+        for ch in chunk.choices:
+            text[ch.index] = text.get(ch.index, "") + ch.text
+            if ch.logprobs:
+                tokens.setdefault(ch.index, []).extend(ch.logprobs.tokens)
+                offsets.setdefault(ch.index, []).extend(ch.logprobs.text_offset)
+    assert sorted(text) == [0, 1]
+    for i in (0, 1):
+        assert text[i].startswith(PROMPT)
+        assert len(tokens[i]) > 4  # prompt tokens + 4 generated
+        assert offsets[i] == sorted(offsets[i])
+        if "\ufffd" not in text[i]:
+            assert "".join(tokens[i]) == text[i]
+
+
 def test_stream_with_usage(client) -> None:
     stream = client.completions.create(
         model=MODEL_NAME,

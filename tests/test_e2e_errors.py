@@ -173,21 +173,26 @@ LONG = {"messages": MESSAGES, "max_tokens": MAX_MODEL_LEN - 32, "ignore_eos": Tr
 
 def test_stream_disconnect_aborts_engine_request(server, client) -> None:
     aborted = metric(server, "lemur:request_success_total", finished_reason="abort")
+    generated = metric(server, "vllm:generation_tokens_total")
     with httpx.stream("POST", server.url("/v1/chat/completions"), headers=server.headers(),
                       json={**LONG, "stream": True}, timeout=60) as r:  # fmt: skip
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
         assert all(line.startswith("data: ") or not line for line in got)
-    # The client is gone: the gateway must abort the engine request.
+    # The client is gone: the gateway must abort the engine request, long
+    # before it would have produced its max_tokens.
     wait_engine_idle(server)
     assert metric(server, "lemur:request_success_total", finished_reason="abort") == aborted + 1
+    assert metric(server, "vllm:generation_tokens_total") - generated < LONG["max_tokens"] / 2
     r = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=3)
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
 def test_non_stream_disconnect_aborts_engine_request(server) -> None:
     aborted = metric(server, "lemur:request_success_total", finished_reason="abort")
+    generated = metric(server, "vllm:generation_tokens_total")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url("/v1/chat/completions"), headers=server.headers(), json={**LONG, "n": 4}, timeout=0.3)
     wait_engine_idle(server)
     assert metric(server, "lemur:request_success_total", finished_reason="abort") == aborted + 1
+    assert metric(server, "vllm:generation_tokens_total") - generated < 4 * LONG["max_tokens"] / 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,44 @@ def test_non_json_body_is_400_with_hint(app_client) -> None:
     r = app_client.post("/v1/chat/completions", content=b"hello", headers={"content-type": "text/plain"})
     assert r.status_code == 400
     assert "Content-Type: application/json" in r.json()["error"]["message"]
+
+
+def test_explicit_nulls_mean_defaults(app_client, fake: FakeEngine) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": None, "stream": None,
+            "presence_penalty": None, "frequency_penalty": None, "logprobs": None, "temperature": None,
+            "stop": None, "seed": None, "stream_options": None}  # fmt: skip
+    r = app_client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert fake.requests[-1].sampling.n == 1
+    r = app_client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1, "echo": None, "n": None})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"logit_bias": {"²": 1}}, {"logit_bias": {"1e3": 1}}, {"top_k": 10**20}, {"min_tokens": 10**20}],
+)
+def test_odd_numbers_are_400(app_client, extra: dict) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **extra}
+    r = app_client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+
+
+def test_huge_top_k_within_range_is_clamped(app_client, fake: FakeEngine) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "top_k": 10**6}
+    assert app_client.post("/v1/chat/completions", json=body).status_code == 200
+    assert fake.requests[-1].sampling.top_k == 0
+
+
+def test_stream_closed_early_closes_engine_stream(tiny_checkpoint: Path) -> None:
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053, delay=0.05)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
+    with TestClient(create_app(GatewayConfig(served_model_names=("tiny",)), lambda: fake)) as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+        # The client stopped reading and closed: the engine stream must be closed.
+        deadline = time.monotonic() + 5
+        while fake.requests[-1].request_id not in fake.aborted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.requests[-1].request_id in fake.aborted

@@ -77,7 +77,9 @@ def _to_sampling_params(spec: SamplingSpec) -> SamplingParams:
             skip_special_tokens=spec.skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
         )
-    except (ValueError, TypeError) as exc:
+    except VLLMClientError as exc:
+        raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None)) from exc
+    except (ValueError, TypeError, OverflowError) as exc:
         raise EngineRejectedRequest(str(exc)) from exc
 
 
@@ -130,7 +132,7 @@ class VllmEngine:
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         spec = request.sampling
-        params = _to_sampling_params(spec)
+        params = _to_sampling_params(spec)  # raises EngineRejectedRequest
         prompt = tokens_input(list(request.prompt_token_ids))
         first = True
         try:

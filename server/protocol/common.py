@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,10 +49,15 @@ class RequestModel(OpenAIModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
+    def _normalize(cls, data: Any) -> Any:
         where = find_invalid_unicode(data)
         if where is not None:
             raise ValueError(f"{where}: text is not valid Unicode (lone surrogate)")
+        if isinstance(data, dict):
+            # OpenAI clients may send an explicit null for any optional field:
+            # it means "the default", also where our default is not None.
+            fields = cls.model_fields
+            data = {k: v for k, v in data.items() if not (v is None and k in fields and fields[k].default is not None)}
         return data
 
 
@@ -70,7 +76,7 @@ class SamplingFields(RequestModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: int | None = Field(default=None, ge=-1, le=2**31 - 1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)
     stop: str | list[str] | None = None
@@ -83,7 +89,7 @@ class SamplingFields(RequestModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: int = Field(default=0, ge=0, le=2**31 - 1)
 
     @model_validator(mode="after")
     def _check_common(self) -> SamplingFields:
@@ -95,7 +101,7 @@ class SamplingFields(RequestModel):
         if any(s == "" for s in stops):
             raise ValueError("stop: stop sequences must not be empty")
         for key, value in (self.logit_bias or {}).items():
-            if not key.lstrip("-").isdigit():
+            if not re.fullmatch(r"-?[0-9]{1,12}", key):
                 raise ValueError(f"logit_bias: key {key!r} is not a token id")
             if not -100.0 <= value <= 100.0:
                 raise ValueError(f"logit_bias: value for token {key} must be in [-100, 100]")

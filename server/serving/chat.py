@@ -26,7 +26,7 @@ from server.protocol.common import Usage
 from server.serving.context import ServingContext, new_request_id
 from server.serving.generation import collect, generate, prime
 from server.serving.sampling import build_sampling
-from server.serving.sse import SSE_DONE, sse, sse_error
+from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
 
 
 def render_messages(ctx: ServingContext, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> list[int]:
@@ -43,8 +43,8 @@ def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprob
             ChatTokenLogprob(
                 token=lp.token,
                 logprob=lp.logprob,
-                bytes=tb(lp.token),
-                top_logprobs=[TopLogprob(token=t, logprob=v, bytes=tb(t)) for _, t, v in lp.top],
+                bytes=tb(lp.token_id, lp.token),
+                top_logprobs=[TopLogprob(token=t, logprob=v, bytes=tb(i, t)) for i, t, v in lp.top],
             )
             for lp in items
         ]
@@ -91,11 +91,11 @@ class ChatService:
             usage=Usage.of(len(p.engine_request.prompt_token_ids), sum(len(r.token_ids) for r in results)),
         )
 
-    async def stream(self, p: PreparedChat) -> AsyncIterator[str]:
+    async def stream(self, p: PreparedChat) -> EventStream:
         """SSE events. The first engine output is awaited before this returns, so
         errors that happen before any token still get a real HTTP status."""
         first, outputs = await prime(generate(self.ctx, p.engine_request))
-        return self._events(p, first, outputs)
+        return EventStream(self._events(p, first, outputs), outputs)
 
     async def _events(
         self, p: PreparedChat, first: EngineOutput | None, outputs: AsyncIterator[EngineOutput]

@@ -19,7 +19,7 @@ from server.protocol.completions import (
 from server.serving.context import ServingContext, new_request_id
 from server.serving.generation import collect_all, merge, prime
 from server.serving.sampling import build_sampling
-from server.serving.sse import SSE_DONE, sse, sse_error
+from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ class CompletionService:
                     prompt_len=len(p.token_ids),
                     max_tokens=req.max_tokens,
                     logprobs=req.logprobs,
+                    prompt_param="prompt",
                     prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
                 ),
             )
@@ -116,7 +117,7 @@ class CompletionService:
                 if p.request.logprobs is not None:
                     items: list[TokenLogprob | None] = []
                     if p.request.echo:
-                        items.extend(r.prompt_logprobs or [None] * len(prompt.token_ids))
+                        items.extend(r.prompt_logprobs or ())
                     items.extend(r.logprobs)
                     logprobs = _logprobs(items, 0, self._first_token(prompt))
                 choices.append(
@@ -130,9 +131,9 @@ class CompletionService:
             usage=Usage.of(p.prompt_tokens(), completion_tokens),
         )
 
-    async def stream(self, p: PreparedCompletion) -> AsyncIterator[str]:
+    async def stream(self, p: PreparedCompletion) -> EventStream:
         first, outputs = await prime(merge(self.ctx, p.engine_requests))
-        return self._events(p, first, outputs)
+        return EventStream(self._events(p, first, outputs), outputs)
 
     async def _events(
         self,
@@ -143,6 +144,9 @@ class CompletionService:
         req, n = p.request, p.request.n
         with_usage = req.include_usage()
         echoed: set[int] = set()
+        # With n > 1, vLLM sends a prompt's logprobs with one choice only; every
+        # choice echoes the prompt, so remember them per prompt.
+        prompt_lps: dict[int, tuple[TokenLogprob | None, ...]] = {}
         offsets: dict[int, int] = {}
         completion_tokens = 0
 
@@ -159,10 +163,12 @@ class CompletionService:
                     completion_tokens += len(out.token_ids)
                     text = out.text
                     lp_items: list[TokenLogprob | None] = list(out.logprobs or [])
+                    if out.prompt_logprobs is not None:
+                        prompt_lps[prompt_index] = out.prompt_logprobs
                     if req.echo and index not in echoed:
                         echoed.add(index)
                         text = p.prompts[prompt_index].text + text
-                        lp_items = list(out.prompt_logprobs or ()) + lp_items
+                        lp_items = list(prompt_lps.get(prompt_index, ())) + lp_items
                     if text or out.finish_reason is not None or lp_items:
                         choice = CompletionChoice(index=index, text=text, finish_reason=out.finish_reason)
                         if req.logprobs is not None:

@@ -8,16 +8,34 @@ client disconnect, a cancelled task) aborts the engine request.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest, TokenLogprob
-from server.errors import InvalidRequest, ServiceUnavailable
+from server.errors import APIError, InternalServerError, InvalidRequest, ServiceUnavailable
 from server.serving.context import ServingContext
 
 T = TypeVar("T")
+
+
+logger = logging.getLogger("lemur.generation")
+
+# vLLM's finish reasons beyond OpenAI's: "repetition" (repetition detection)
+# reads as a stop; "abort" and "error" mean the engine gave up on the request.
+_FINISH = {"stop": "stop", "length": "length", "repetition": "stop"}
+
+
+def _openai_finish(out: EngineOutput) -> EngineOutput:
+    if out.finish_reason is None or out.finish_reason in ("stop", "length"):
+        return out
+    if out.finish_reason == "error":
+        raise InternalServerError("the engine failed while generating this request")
+    if out.finish_reason == "abort":
+        raise ServiceUnavailable("the engine aborted this request")
+    return replace(out, finish_reason=_FINISH.get(out.finish_reason, "stop"))
 
 
 async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -28,6 +46,7 @@ async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator
         async with aclosing(ctx.engine.generate(request)) as outputs:
             async for out in outputs:
                 tracker.on_tokens(len(out.token_ids))
+                out = _openai_finish(out)
                 if out.finish_reason is not None:
                     finished += 1
                     reason = out.finish_reason
@@ -40,6 +59,13 @@ async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator
     except EngineDeadError as exc:
         reason = "error"
         raise ServiceUnavailable("the inference engine is not available") from exc
+    except APIError:
+        reason = "error"
+        raise
+    except Exception as exc:  # a fault of ours or the engine's: a 500 / an error event, never a dropped stream
+        reason = "error"
+        logger.exception("request %s failed", request.request_id)
+        raise InternalServerError("internal error while generating") from exc
     finally:
         tracker.finish(reason)
 
@@ -95,7 +121,13 @@ async def collect_all(ctx: ServingContext, requests: Sequence[EngineRequest]) ->
     """Run several requests concurrently (a completions call with several prompts)."""
     if len(requests) == 1:
         return [await collect(ctx, requests[0])]
-    return list(await asyncio.gather(*(collect(ctx, r) for r in requests)))
+    try:
+        # A TaskGroup cancels the sibling prompts as soon as one fails.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(collect(ctx, r)) for r in requests]
+    except* APIError as errors:
+        raise errors.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 async def merge(ctx: ServingContext, requests: Sequence[EngineRequest]) -> AsyncIterator[tuple[int, EngineOutput]]:

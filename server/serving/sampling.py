@@ -8,7 +8,9 @@ from server.protocol.common import SamplingFields
 from server.serving.context import ServingContext
 
 
-def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int) -> int:
+def resolve_max_tokens(
+    requested: int | None, prompt_len: int, max_model_len: int, prompt_param: str = "messages"
+) -> int:
     """Default to the room left in the context; refuse what cannot fit."""
     room = max_model_len - prompt_len
     if room <= 0 or (requested is not None and requested > room):
@@ -17,7 +19,7 @@ def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: in
             f"This model's maximum context length is {max_model_len} tokens. However, you "
             f"requested {asked} tokens ({prompt_len} in the prompt, {requested or 0} for the "
             "completion). Please reduce the prompt or max_tokens.",
-            param="max_tokens" if room > 0 else "messages",
+            param="max_tokens" if room > 0 else prompt_param,
         )
     return requested if requested is not None else room
 
@@ -42,6 +44,7 @@ def build_sampling(
     prompt_len: int,
     max_tokens: int | None,
     logprobs: int | None,
+    prompt_param: str = "messages",
     prompt_logprobs: int | None = None,
 ) -> SamplingSpec:
     info = ctx.engine.info
@@ -51,13 +54,15 @@ def build_sampling(
     # Stop there too unless the client asked to ignore stop tokens.
     stop_ids = () if req.ignore_eos or special.im_end_id is None else (special.im_end_id,)
     top_k = req.top_k if req.top_k is not None else int(defaults.get("top_k", 0))
+    if top_k >= info.vocab_size:
+        top_k = 0  # keeping the whole vocabulary is no top-k at all
 
     def pick(value: float | None, key: str, neutral: float) -> float:
         return float(value) if value is not None else float(defaults.get(key, neutral))
 
     spec = SamplingSpec(
         n=req.n,
-        max_tokens=resolve_max_tokens(max_tokens, prompt_len, info.max_model_len),
+        max_tokens=resolve_max_tokens(max_tokens, prompt_len, info.max_model_len, prompt_param),
         min_tokens=req.min_tokens,
         temperature=pick(req.temperature, "temperature", 1.0),
         top_p=pick(req.top_p, "top_p", 1.0),

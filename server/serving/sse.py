@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
 from server.errors import APIError
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class EventStream:
+    """SSE events and the engine stream they are made from. Closing it closes
+    both, so the engine request is aborted even if the events never started."""
+
+    events: AsyncGenerator[str, None]
+    source: AsyncGenerator[Any, None]
+
+    async def aclose(self) -> None:
+        await self.events.aclose()
+        await self.source.aclose()
 
 
 def sse(payload: BaseModel) -> str:

@@ -1,0 +1,187 @@
+"""The training module on a micro config: pipeline, masking, resume, data
+parallel, resizing, and the exported checkpoint in transformers and vLLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from server.chat_format import IM_END, LEMUR_ADDED_TOKENS
+from training.config import load_config
+from training.distributed import Dist
+from training.recipe import run_pretrain, run_recipe
+from training.sft_data import IGNORE, tokenize_conversation
+
+REPO = Path(__file__).resolve().parent.parent
+MICRO = str(REPO / "tests" / "configs" / "micro.toml")
+SINGLE = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def metric_rows(path: Path, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    run = tmp_path_factory.mktemp("micro") / "run"
+    export = run.parent / "export"
+    summary = run_recipe(load_config(MICRO), run, export)
+    return run, export, summary
+
+
+def test_pipeline_writes_everything(micro_run) -> None:
+    run, _, summary = micro_run
+    meta = json.loads((run / "data" / "pretrain" / "meta.json").read_text())
+    assert meta["splits"]["train"]["sequences"] > 0 and meta["splits"]["heldout"]["sequences"] > 0
+    assert 9.0 <= meta["mix"]["code_text_ratio"] <= 11.5  # code:text 10:1
+    for phase in ("pretrain", "sft"):
+        out = run / phase
+        assert (out / "loss_curve.png").stat().st_size > 1000
+        losses = metric_rows(out / "metrics.jsonl", "loss")
+        assert sorted(losses) == list(range(1, max(losses) + 1))
+        assert (out / "checkpoints" / "latest").exists()
+        assert (out / "final" / "config.json").exists()
+    assert summary["pretrain"]["final_eval_loss"] < summary["pretrain"]["initial_eval_loss"]
+    assert summary["sft"]["final_eval_loss"] < summary["sft"]["initial_eval_loss"]
+
+
+def test_export_is_a_lemur_chat_checkpoint(micro_run) -> None:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    _, export, _ = micro_run
+    assert list(export.glob("model*.safetensors"))
+    tok = AutoTokenizer.from_pretrained(export)
+    model = LlamaForCausalLM.from_pretrained(export)
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert tok.convert_tokens_to_ids(list(LEMUR_ADDED_TOKENS)) == list(range(len(tok) - 5, len(tok)))
+    gen = json.loads((export / "generation_config.json").read_text())
+    assert tok.convert_tokens_to_ids(IM_END) in gen["eos_token_id"] and tok.eos_token_id in gen["eos_token_id"]
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == "<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+VLLM_GREEDY = """
+import json, sys
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+prompts = json.loads(sys.argv[2])
+llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=128, seed=0)
+outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
+                    SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+print("RESULT" + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
+"""
+
+
+def test_vllm_greedy_equals_transformers_greedy(micro_run) -> None:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    _, export, _ = micro_run
+    tok = AutoTokenizer.from_pretrained(export)
+    model = LlamaForCausalLM.from_pretrained(export, torch_dtype=torch.float32).eval()
+    texts = ["def main():\n    ", "import os\n", "<|im_start|>user\nWhich module defines `Path`?<|im_end|>\n"]
+    prompts = [tok.encode(t) for t in texts]
+    expected = []
+    for ids in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        expected.append(out[0, len(ids) :].tolist())
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.run([sys.executable, "-c", VLLM_GREEDY, str(export), json.dumps(prompts)],
+                          capture_output=True, text=True, timeout=400, env=env, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    assert json.loads(line[len("RESULT") :]) == expected
+
+
+def test_sft_masking_is_assistant_only(micro_run) -> None:
+    from transformers import AutoTokenizer
+
+    _, export, _ = micro_run
+    tok = AutoTokenizer.from_pretrained(export)
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Which module defines `Path`?"},
+        {"role": "assistant", "content": "`Path` is defined in `pathlib`."},
+        {"role": "user", "content": "Thanks!"},
+        {"role": "assistant", "content": "You are welcome."},
+    ]
+    ex = tokenize_conversation(conv, tok, max_len=1000)
+    assert len(ex.input_ids) == len(ex.labels)
+    # The whole sequence is exactly the ChatML rendering.
+    assert tok.decode(ex.input_ids) == tok.apply_chat_template(conv, tokenize=False)
+    # Trained spans, in order: each assistant content followed by <|im_end|>\n.
+    spans, cur = [], []
+    for tid, label in zip(ex.input_ids, ex.labels, strict=True):
+        if label == IGNORE:
+            if cur:
+                spans.append(cur)
+                cur = []
+        else:
+            assert label == tid
+            cur.append(tid)
+    if cur:
+        spans.append(cur)
+    assert [tok.decode(s) for s in spans] == [
+        "`Path` is defined in `pathlib`.<|im_end|>\n",
+        "You are welcome.<|im_end|>\n",
+    ]
+    # The assistant header right before each span is masked.
+    header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    text_ids = ex.input_ids
+    for start in (i for i in range(len(text_ids)) if text_ids[i : i + len(header)] == header):
+        assert all(label == IGNORE for label in ex.labels[start : start + len(header)])
+    with pytest.raises(ValueError, match="unknown role"):
+        tokenize_conversation([{"role": "tool", "content": "x"}], tok, 100)
+
+
+def _copy_prepared(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True)
+    shutil.copytree(src / "tokenizer", dst / "tokenizer")
+    shutil.copytree(src / "data" / "pretrain", dst / "data" / "pretrain")
+
+
+def test_resume_reaches_the_same_loss(micro_run, tmp_path: Path) -> None:
+    run, _, _ = micro_run
+    cfg = load_config(MICRO, ["pretrain.save_every=100"])
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _copy_prepared(run, whole)
+    _copy_prepared(run, split)
+    run_pretrain(cfg, whole, SINGLE)
+    stopped = run_pretrain(cfg, split, SINGLE, stop_after=3)
+    assert stopped["steps"] == 3 and not (split / "pretrain" / "final").exists()
+    run_pretrain(cfg, split, SINGLE)  # resumes from the step-3 checkpoint
+    a = metric_rows(whole / "pretrain" / "metrics.jsonl", "loss")
+    b = metric_rows(split / "pretrain" / "metrics.jsonl", "loss")
+    assert sorted(b) == sorted(a) == list(range(1, 9))
+    for step in range(1, 9):
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path, strategy: str) -> None:
+    run, _, _ = micro_run
+    common = ["pretrain.max_steps=4", "pretrain.save_every=100", "pretrain.eval_every=100",
+              f"distributed.strategy={strategy!r}"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    _copy_prepared(run, one)
+    _copy_prepared(run, two)
+    run_pretrain(load_config(MICRO, [*common, "pretrain.micro_batch_size=4"]), one, SINGLE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "training.cli", "pretrain", "--preset", MICRO, "--out", str(two),
+           *[x for c in [*common, "pretrain.micro_batch_size=2"] for x in ("--set", c)]]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a = metric_rows(one / "pretrain" / "metrics.jsonl", "loss")
+    b = metric_rows(two / "pretrain" / "metrics.jsonl", "loss")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])

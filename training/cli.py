@@ -1,0 +1,80 @@
+"""`lemur train`: Lemur's recipe from the command line.
+
+    lemur train recipe  --preset tiny [--out runs/tiny] [--export-to models/lemur-tiny-chat]
+    lemur train pretrain --preset 70b --set model.init_from=/models/Llama-2-70b-hf ...
+    lemur train sft     --preset tiny [--from RUN/pretrain/final]
+    lemur train export  --from RUN/sft/final --to models/my-lemur
+
+Multi-GPU / multi-node: launch the same command under torchrun, e.g.
+    torchrun --nproc-per-node 8 -m training.cli recipe --preset 1b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.config import load_config
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="tiny, 1b, 7b, 70b, or a TOML config path (default: tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set pretrain.max_steps=10")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/PRESET)")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from checkpoints")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lemur train", description="Lemur's training recipe.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    recipe = sub.add_parser("recipe", help="pretrain + SFT + export from a preset")
+    _common(recipe)
+    recipe.add_argument("--export-to", type=Path, default=None, help="write the served checkpoint here")
+    pre = sub.add_parser("pretrain", help="continued pretraining (code:text mix)")
+    _common(pre)
+    pre.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
+    sft = sub.add_parser("sft", help="ChatML SFT with assistant-only loss")
+    _common(sft)
+    sft.add_argument(
+        "--from", dest="init", type=Path, default=None, help="model to fine-tune (default RUN/pretrain/final)"
+    )
+    sft.add_argument("--stop-after", type=int, default=None)
+    exp = sub.add_parser("export", help="write a Hugging Face directory the gateway serves")
+    exp.add_argument("--from", dest="src", type=Path, required=True)
+    exp.add_argument("--to", dest="dst", type=Path, required=True)
+    exp.add_argument("--max-shard-size", default="2GB")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "export":
+        from training.export import export_checkpoint
+
+        print(f"exported to {export_checkpoint(args.src, args.dst, args.max_shard_size)}")
+        return 0
+    cfg = load_config(args.preset, args.overrides)
+    run = args.out or Path("runs") / cfg.name
+    resume = not args.no_resume
+    from training import recipe
+    from training.distributed import init_distributed, shutdown
+
+    if args.command == "recipe":
+        summary = recipe.run_recipe(cfg, run, args.export_to, resume)
+    else:
+        d = init_distributed(cfg.distributed)
+        run.mkdir(parents=True, exist_ok=True)
+        if args.command == "pretrain":
+            summary = recipe.run_pretrain(cfg, run, d, resume, args.stop_after)
+        else:
+            summary = recipe.run_sft(cfg, run, d, args.init, resume, args.stop_after)
+        shutdown(d)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
