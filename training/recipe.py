@@ -76,7 +76,11 @@ def run_pretrain(cfg: RecipeConfig, run: Path, d: Dist, resume: bool = True, sto
     if result.steps >= cfg.pretrain.max_steps:
         save_pretrained_final(model, tokenizer, out / "final", d)
     if d.is_main:
-        plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", f"{cfg.name}: continued pretraining")
+        plot_loss_curve(
+            out / "metrics.jsonl",
+            out / "loss_curve.png",
+            f"{cfg.name}: pretraining (code:text {cfg.data.code_text_ratio:g}:1)",
+        )
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
