@@ -185,3 +185,41 @@ def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
+
+
+def test_data_build_is_deterministic(micro_run, tmp_path: Path) -> None:
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from training.corpus import iter_documents
+    from training.data import build_pretrain_data
+
+    run, _, _ = micro_run
+    cfg = load_config(MICRO).data
+    tok = AutoTokenizer.from_pretrained(run / "tokenizer")
+    docs = list(iter_documents(cfg))
+    build_pretrain_data(docs, tok, cfg, tmp_path / "a")
+    build_pretrain_data(docs, tok, cfg, tmp_path / "b")
+    for f in sorted(p.name for p in (tmp_path / "a").glob("*.npy")):
+        assert np.array_equal(np.load(tmp_path / "a" / f), np.load(tmp_path / "b" / f)), f
+    assert np.array_equal(
+        np.load(tmp_path / "a" / "train-00000.npy"), np.load(run / "data" / "pretrain" / "train-00000.npy")
+    )
+    other = tmp_path / "c"
+    build_pretrain_data(docs, tok, load_config(MICRO, ["data.seed=1"]).data, other)
+    assert not np.array_equal(np.load(tmp_path / "a" / "train-00000.npy"), np.load(other / "train-00000.npy"))
+
+
+def test_gradient_checkpointing_gives_the_same_losses(micro_run, tmp_path: Path) -> None:
+    run, _, _ = micro_run
+    common = ["pretrain.max_steps=2", "pretrain.save_every=100", "pretrain.eval_every=100"]
+    plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
+    _copy_prepared(run, plain)
+    _copy_prepared(run, ckpt)
+    run_pretrain(load_config(MICRO, common), plain, SINGLE)
+    run_pretrain(load_config(MICRO, [*common, "pretrain.gradient_checkpointing=true"]), ckpt, SINGLE)
+    a = metric_rows(plain / "pretrain" / "metrics.jsonl", "loss")
+    b = metric_rows(ckpt / "pretrain" / "metrics.jsonl", "loss")
+    assert sorted(a) == sorted(b) == [1, 2]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5
