@@ -13,10 +13,12 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
+from server.admission import AdmissionConfig, AdmissionController
 from server.chat_template import ChatTemplate, select_template
 from server.config import GatewayConfig
 from server.engine import Engine, EngineRequest, SamplingSpec
 from server.errors import install_error_handlers
+from server.lifecycle import watch_engine
 from server.metrics import Metrics
 from server.routes import ClientDisconnected, api, probes
 from server.serving.chat import ChatService
@@ -74,14 +76,21 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     names = config.served_model_names or (engine.info.name,)
     config = GatewayConfig(**{**config.__dict__, "served_model_names": names})
     logger.info("serving %s as %s; chat template: %s", engine.info.path, ", ".join(names), source)
-    return ServingContext(config, engine, tokenizer, template, Metrics(names[0]))
+    admission = AdmissionController(
+        AdmissionConfig(config.max_concurrent_requests, config.max_queued_requests, config.queue_timeout)
+    )
+    return ServingContext(config, engine, tokenizer, template, Metrics(names[0]), admission)
 
 
 def create_app(
     config: GatewayConfig,
     engine_factory: EngineFactory,
     engine_version: str = "unknown",
+    on_engine_dead: Callable[[], None] | None = None,
 ) -> FastAPI:
+    """`on_engine_dead` is called once the engine has died and the requests in
+    flight have failed (the CLI stops the server with exit code 1)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = engine_factory()
@@ -93,11 +102,13 @@ def create_app(
         warm = asyncio.create_task(warm_up(ctx)) if config.warmup else None
         if warm is None:
             ctx.state.ready = True
+        watchdog = asyncio.create_task(watch_engine(ctx, on_engine_dead or (lambda: None)))
         try:
             yield
         finally:
-            if warm is not None:
-                warm.cancel()
+            for task in (warm, watchdog):
+                if task is not None:
+                    task.cancel()
             await engine.shutdown()
 
     app = FastAPI(title="Lemur Serve", version=__version__, lifespan=lifespan)

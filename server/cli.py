@@ -53,6 +53,30 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="Jinja chat template (file or inline); default: the checkpoint's, else Lemur's ChatML",
     )
     g.add_argument("--no-warmup", action="store_true", help="be ready without serving a warm-up request")
+    g.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=256,
+        help="generation requests running at once (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=1024,
+        help="requests waiting for a slot; beyond: 429 (default %(default)s)",
+    )
+    g.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for a slot before a 429 (default %(default)s)",
+    )
+    g.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        help="deadline of a request in seconds; past it the request is aborted (default: none)",
+    )
 
 
 def serve(argv: list[str]) -> int:
@@ -61,7 +85,9 @@ def serve(argv: list[str]) -> int:
 
     parser = vllm_engine.make_parser("lemur serve", "Serve a model with an OpenAI-compatible API.")
     add_gateway_args(parser)
-    parser.set_defaults(model=None)
+    # vLLM already has --shutdown-timeout (its engine's own wait); the gateway
+    # drains for the same time, so one flag governs both. Our default: 30 s.
+    parser.set_defaults(model=None, shutdown_timeout=30.0)
     ns = parser.parse_args(argv)
     if ns.model_tag:
         ns.model = ns.model_tag
@@ -78,6 +104,7 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.lifecycle import GatewayServer
 
     engine_args = vllm_engine.engine_args_from_namespace(ns)
     config = GatewayConfig(
@@ -88,10 +115,30 @@ def serve(argv: list[str]) -> int:
         served_model_names=tuple(ns.served_model_name or ()),
         log_level=log_level.lower(),
         warmup=not ns.no_warmup,
+        max_concurrent_requests=ns.max_concurrent_requests,
+        max_queued_requests=ns.max_queued_requests,
+        queue_timeout=ns.queue_timeout,
+        request_timeout=ns.request_timeout,
+        shutdown_timeout=float(ns.shutdown_timeout),
     )
-    app = create_app(config, lambda: vllm_engine.VllmEngine.start(engine_args), engine_version=vllm_engine.VLLM_VERSION)
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level=config.log_level, timeout_keep_alive=30)
-    return 0
+    server: GatewayServer | None = None
+
+    def engine_dead() -> None:
+        if server is not None:
+            server.stop(exit_code=1)
+
+    app = create_app(
+        config,
+        lambda: vllm_engine.VllmEngine.start(engine_args),
+        engine_version=vllm_engine.VLLM_VERSION,
+        on_engine_dead=engine_dead,
+    )
+    uv_config = uvicorn.Config(
+        app, host=ns.host, port=ns.port, log_level=config.log_level, timeout_keep_alive=30, timeout_graceful_shutdown=5
+    )
+    server = GatewayServer(uv_config, shutdown_timeout=config.shutdown_timeout)
+    server.run()
+    return server.exit_code
 
 
 def train(argv: list[str]) -> int:

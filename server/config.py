@@ -19,3 +19,11 @@ class GatewayConfig:
     log_level: str = "info"
     # Run one tiny request at start-up; /ready turns 200 once it has been served.
     warmup: bool = True
+    # Admission control: running generation requests, and how many may wait.
+    max_concurrent_requests: int = 256
+    max_queued_requests: int = 1024
+    queue_timeout: float = 30.0
+    # Deadline of one request, seconds (None: none); past it the engine request is aborted.
+    request_timeout: float | None = None
+    # Drain on SIGTERM: how long requests in flight may take to finish.
+    shutdown_timeout: float = 30.0

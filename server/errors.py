@@ -67,6 +67,12 @@ class ServiceUnavailable(APIError):
     code = "service_unavailable"
 
 
+class RequestTimeout(APIError):
+    status_code = 504
+    type = "server_error"
+    code = "request_timeout"
+
+
 class InternalServerError(APIError):
     status_code = 500
     type = "server_error"

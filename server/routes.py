@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from server import __version__
+from server.admission import Permit
 from server.engine import EngineDeadError
 from server.errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable, error_body
 from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
@@ -31,15 +33,19 @@ class EventStreamResponse(StreamingResponse):
     """SSE response that always closes its event stream, so the engine request
     behind it is aborted even if the client left before the body started."""
 
-    def __init__(self, stream: EventStream) -> None:
+    def __init__(self, stream: EventStream, permit: Permit) -> None:
         super().__init__(stream.events, media_type="text/event-stream", headers=SSE_HEADERS)
         self._stream = stream
+        self._permit = permit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._stream.aclose()
+            try:
+                await self._stream.aclose()
+            finally:
+                self._permit.release()
 
 
 class ClientDisconnected(Exception):
@@ -84,6 +90,33 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+async def respond(
+    request: Request,
+    stream: bool,
+    start_stream: Callable[[], Awaitable[EventStream]],
+    complete: Callable[[], Awaitable[BaseModel]],
+) -> Response:
+    """Admit the request (or refuse it with 429/503), run it, and hold its slot
+    until the response, streamed or not, is over."""
+    ctx = context(request)
+    if not ctx.engine.is_alive():
+        raise ServiceUnavailable("the inference engine is not running")
+
+    async def admitted() -> tuple[Permit, EventStream | BaseModel]:
+        permit = await ctx.admission.acquire()
+        try:
+            return permit, await (start_stream() if stream else complete())
+        except BaseException:
+            permit.release()
+            raise
+
+    permit, result = await until_disconnected(request, admitted())
+    if isinstance(result, EventStream):
+        return EventStreamResponse(result, permit)
+    permit.release()
+    return JSONResponse(result.model_dump(exclude_none=True))
+
+
 api = APIRouter(dependencies=[Depends(require_api_key)])
 probes = APIRouter()
 
@@ -92,20 +125,14 @@ probes = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat
     prepared = service.prepare(body)
-    if body.stream:
-        return EventStreamResponse(await until_disconnected(request, service.stream(prepared)))
-    result = await until_disconnected(request, service.complete(prepared))
-    return JSONResponse(result.model_dump(exclude_none=True))
+    return await respond(request, body.stream, lambda: service.stream(prepared), lambda: service.complete(prepared))
 
 
 @api.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     service: CompletionService = request.app.state.completions
     prepared = service.prepare(body)
-    if body.stream:
-        return EventStreamResponse(await until_disconnected(request, service.stream(prepared)))
-    result = await until_disconnected(request, service.complete(prepared))
-    return JSONResponse(result.model_dump(exclude_none=True))
+    return await respond(request, body.stream, lambda: service.stream(prepared), lambda: service.complete(prepared))
 
 
 def _model_card(ctx: ServingContext, name: str) -> ModelCard:
@@ -171,6 +198,10 @@ async def ready(request: Request) -> Response:
     ctx: ServingContext | None = getattr(request.app.state, "ctx", None)
     if ctx is None or not ctx.engine.is_alive():
         raise ServiceUnavailable("the inference engine is not running")
+    if ctx.state.draining:
+        return JSONResponse(
+            error_body("the server is shutting down", "server_error", None, "draining"), status_code=503
+        )
     if not ctx.state.ready:
         return JSONResponse(error_body("the server is warming up", "server_error", None, "not_ready"), status_code=503)
     return JSONResponse({"status": "ready", "model": ctx.model_name})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from server.admission import AdmissionController
 from server.chat_template import ChatTemplate
 from server.config import GatewayConfig
 from server.engine import Engine
@@ -15,9 +16,12 @@ from server.tokenizer import Tokenizer
 
 @dataclass
 class ServingState:
-    """Mutable lifecycle flags (the only mutable part of the context)."""
+    """Mutable lifecycle state (the only mutable part of the context)."""
 
     ready: bool = False
+    draining: bool = False
+    # Engine request ids in flight, so a drain can abort what is left.
+    inflight: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class ServingContext:
     tokenizer: Tokenizer
     template: ChatTemplate
     metrics: Metrics
+    admission: AdmissionController
     state: ServingState = field(default_factory=ServingState)
 
     @property

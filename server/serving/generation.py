@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest, TokenLogprob
-from server.errors import APIError, InternalServerError, InvalidRequest, ServiceUnavailable
+from server.errors import APIError, InternalServerError, InvalidRequest, RequestTimeout, ServiceUnavailable
 from server.serving.context import ServingContext
 
 T = TypeVar("T")
@@ -38,13 +38,26 @@ def _openai_finish(out: EngineOutput) -> EngineOutput:
     return replace(out, finish_reason=_FINISH.get(out.finish_reason, "stop"))
 
 
+async def _next_before(outputs: AsyncIterator[EngineOutput], deadline: float | None) -> EngineOutput | None:
+    if deadline is None:
+        return await anext(outputs, None)
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await anext(outputs, None)
+    except TimeoutError:
+        raise RequestTimeout("the request did not finish within the server's request timeout") from None
+
+
 async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator[EngineOutput]:
     tracker = ctx.metrics.track(len(request.prompt_token_ids))
+    timeout = ctx.config.request_timeout
+    deadline = asyncio.get_running_loop().time() + timeout if timeout else None
     reason = "abort"
     finished = 0
+    ctx.state.inflight.add(request.request_id)
     try:
         async with aclosing(ctx.engine.generate(request)) as outputs:
-            async for out in outputs:
+            while (out := await _next_before(outputs, deadline)) is not None:
                 tracker.on_tokens(len(out.token_ids))
                 out = _openai_finish(out)
                 if out.finish_reason is not None:
@@ -67,6 +80,7 @@ async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator
         logger.exception("request %s failed", request.request_id)
         raise InternalServerError("internal error while generating") from exc
     finally:
+        ctx.state.inflight.discard(request.request_id)
         tracker.finish(reason)
 
 

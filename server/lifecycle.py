@@ -1,0 +1,90 @@
+"""Process lifecycle: graceful drain on SIGTERM, and exit when the engine dies.
+
+Drain: /ready turns 503 at once and new requests get 503, requests in flight
+(streams included) may finish for up to `shutdown_timeout` seconds, the rest
+are aborted (their streams end with an error event, then [DONE]), and the
+process exits 0. Engine death: /health and /ready turn 503, requests in flight
+end with an error, and the process exits 1 so that a supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+
+from server.serving.context import ServingContext
+
+logger = logging.getLogger("lemur.lifecycle")
+
+ENGINE_POLL_S = 0.5
+
+
+async def drain(ctx: ServingContext, limit_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    ctx.state.draining = True
+    ctx.admission.start_draining()
+    started = loop.time()
+    logger.info("draining: %d requests in flight, up to %.0fs", ctx.admission.running, limit_s)
+    if not await ctx.admission.wait_idle(limit_s):
+        logger.warning("drain timeout: aborting %d engine requests", len(ctx.state.inflight))
+        for request_id in list(ctx.state.inflight):
+            await ctx.engine.abort(request_id)
+        # Aborted streams still send their error event and [DONE].
+        await ctx.admission.wait_idle(5.0)
+    logger.info("drained in %.2fs", loop.time() - started)
+
+
+async def watch_engine(ctx: ServingContext, on_dead: Callable[[], None]) -> None:
+    """Poll the engine; when it dies, refuse new work, let the requests in
+    flight fail (they see the dead engine themselves), then call on_dead."""
+    while ctx.engine.is_alive():  # noqa: ASYNC110 - vLLM offers no event for this; poll
+        await asyncio.sleep(ENGINE_POLL_S)
+    logger.error("the inference engine died; refusing requests and exiting")
+    ctx.state.draining = True
+    ctx.admission.start_draining()
+    await ctx.admission.wait_idle(5.0)
+    on_dead()
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, with SIGTERM/SIGINT starting a drain instead of an immediate
+    stop (a second signal stops at once), and an exit code."""
+
+    def __init__(self, config: uvicorn.Config, shutdown_timeout: float) -> None:
+        super().__init__(config)
+        self.shutdown_timeout = shutdown_timeout
+        self.exit_code = 0
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def context(self) -> ServingContext | None:
+        app = self.config.loaded_app
+        while app is not None and not hasattr(app, "state"):
+            app = getattr(app, "app", None)
+        return getattr(app.state, "ctx", None) if app is not None else None
+
+    def stop(self, exit_code: int) -> None:
+        self.exit_code = exit_code
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        ctx = self.context()
+        if self._draining or ctx is None or self._loop is None:
+            super().handle_exit(sig, frame)  # second signal, or nothing to drain: stop now
+            return
+        self._draining = True
+        logger.info("received %s: starting graceful drain", signal.Signals(sig).name)
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit(ctx)))
+
+    async def _drain_then_exit(self, ctx: ServingContext) -> None:
+        await drain(ctx, self.shutdown_timeout)
+        self.stop(self.exit_code)

@@ -1,0 +1,190 @@
+"""Overload, deadlines, graceful drain and engine death, on the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import API_KEY, LiveServer, start_server, stop_server
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "Write a Python function that reverses a list."}]
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("limited") / "server.log"
+    extra = ["--api-key", API_KEY, "--max-concurrent-requests", "2", "--max-queued-requests", "2",
+             "--queue-timeout", "1", "--request-timeout", "1"]  # fmt: skip
+    server = start_server(tiny_checkpoint, log, extra)
+    yield server
+    stop_server(server)
+
+
+async def _one(client: httpx.AsyncClient, url: str, stream: bool) -> tuple[int, dict | None]:
+    body = {"messages": MESSAGES, "max_tokens": 32, "ignore_eos": True, "stream": stream}
+    if not stream:
+        r = await client.post(url, json=body, headers=AUTH)
+        return r.status_code, r.json()
+    async with client.stream("POST", url, json=body, headers=AUTH) as r:
+        if r.status_code != 200:
+            return r.status_code, json.loads(await r.aread())
+        events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    tokens = sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content") is not None) - 1
+    return 200, {"done": events[-1] == "data: [DONE]", "finish": finish, "chunks": tokens}
+
+
+def test_overload_burst_gets_only_200_429_503(limited: LiveServer) -> None:
+    """10x the admission limit (2 running + 2 queued) at once."""
+    url = limited.url("/v1/chat/completions")
+
+    async def burst() -> list[tuple[int, dict | None]]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            return await asyncio.gather(*(_one(client, url, stream=i % 2 == 1) for i in range(40)))
+
+    t0 = time.monotonic()
+    results = asyncio.run(burst())
+    elapsed = time.monotonic() - t0
+    statuses = Counter(status for status, _ in results)
+    print(f"\n[overload] 40 requests in {elapsed:.1f}s: {dict(statuses)}")
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses[200] >= 4 and statuses[429] >= 1
+    for status, body in results:
+        if status == 200 and "choices" in body:
+            assert body["choices"][0]["finish_reason"] == "length"
+            assert body["usage"]["completion_tokens"] == 32
+        elif status == 200:
+            assert body["done"] and body["finish"] == ["length"]
+        else:
+            assert body["error"]["code"] in ("rate_limit_exceeded", "server_overloaded")
+    r = httpx.post(url, json={"messages": MESSAGES, "max_tokens": 2}, headers=AUTH, timeout=30)
+    assert r.status_code == 200  # and it recovers
+
+
+def test_429_carries_retry_after(limited: LiveServer) -> None:
+    url = limited.url("/v1/chat/completions")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = {"messages": MESSAGES, "max_tokens": 64, "ignore_eos": True}
+            return await asyncio.gather(*(client.post(url, json=body, headers=AUTH) for _ in range(12)))
+
+    refused = [r for r in asyncio.run(burst()) if r.status_code == 429]
+    assert refused
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+
+
+def test_request_timeout_aborts(limited: LiveServer) -> None:
+    url = limited.url("/v1/chat/completions")
+    long = {"messages": MESSAGES, "max_tokens": 480, "n": 16, "ignore_eos": True}
+    t0 = time.monotonic()
+    r = httpx.post(url, json=long, headers=AUTH, timeout=30)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "request_timeout"
+    assert time.monotonic() - t0 < 10
+    with httpx.stream("POST", url, json={**long, "stream": True}, headers=AUTH, timeout=30) as s:
+        assert s.status_code == 200
+        events = [line for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2][6:])["error"]["code"] == "request_timeout"
+
+
+def test_drain_on_sigterm(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    server = start_server(tiny_checkpoint, tmp_path / "server.log", ["--shutdown-timeout", "60"])
+    url = server.url("/v1/chat/completions")
+    body = {"messages": MESSAGES, "max_tokens": 200, "ignore_eos": True, "stream": True}
+    try:
+
+        async def scenario() -> tuple[list, int, int, float]:
+            async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=50)) as client:
+                started = asyncio.Event()
+                count = 0
+
+                async def stream() -> tuple[list[str], list[str]]:
+                    nonlocal count
+                    async with client.stream("POST", url, json=body) as r:
+                        assert r.status_code == 200
+                        lines = []
+                        async for line in r.aiter_lines():
+                            if line.startswith("data: "):
+                                if len(lines) == 1:
+                                    count += 1
+                                    if count == 20:
+                                        started.set()
+                                lines.append(line)
+                    chunks = [json.loads(x[6:]) for x in lines[:-1]]
+                    finish = [
+                        c["choices"][0]["finish_reason"]
+                        for c in chunks
+                        if c["choices"] and c["choices"][0]["finish_reason"]
+                    ]
+                    return lines, finish
+
+                tasks = [asyncio.create_task(stream()) for _ in range(20)]
+                await asyncio.wait_for(started.wait(), 60)
+                t0 = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                ready = (await client.get(server.url("/ready"))).status_code
+                refused = (await client.post(url, json={**body, "stream": False, "max_tokens": 2})).status_code
+                results = await asyncio.gather(*tasks)
+                return results, ready, refused, time.monotonic() - t0
+
+        results, ready, refused, drained_after = asyncio.run(scenario())
+        assert ready == 503
+        assert refused == 503
+        for lines, finish in results:
+            assert lines[-1] == "data: [DONE]"
+            assert finish == ["length"]
+        rc = server.process.wait(timeout=60)
+        print(f"\n[drain] 20 streams finished {drained_after:.1f}s after SIGTERM; exit code {rc}")
+        assert rc == 0
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
+
+
+def test_engine_death_is_detected_and_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    server = start_server(tiny_checkpoint, tmp_path / "server.log", [])
+    url = server.url("/v1/chat/completions")
+    try:
+        with httpx.stream("POST", url, json={"messages": MESSAGES, "max_tokens": 480, "ignore_eos": True,
+                                             "stream": True}, timeout=30) as s:  # fmt: skip
+            lines = s.iter_lines()
+            assert next(lines).startswith("data: ")
+            for child in psutil.Process(server.process.pid).children(recursive=True):
+                child.kill()
+            t0 = time.monotonic()
+            rest = [line for line in lines if line.startswith("data: ")]  # must not hang
+        # The stream in flight ends with an error event and [DONE], not a hang.
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][6:])["error"]["code"] in ("service_unavailable", "internal_error")
+        detected = None
+        while time.monotonic() - t0 < 10:
+            try:
+                if httpx.get(server.url("/health"), timeout=2).status_code == 503:
+                    detected = time.monotonic() - t0
+                    break
+            except httpx.HTTPError:
+                detected = time.monotonic() - t0  # already gone: also not healthy
+                break
+            time.sleep(0.1)
+        assert detected is not None, "health stayed 200 for 10 s after the engine died"
+        rc = server.process.wait(timeout=30)
+        print(f"\n[engine death] /health not ok after {detected:.2f}s; exit code {rc}")
+        assert rc != 0
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
