@@ -10,16 +10,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 from server.admission import AdmissionConfig, AdmissionController
+from server.auth import KeyStore
 from server.chat_template import ChatTemplate, select_template
 from server.config import GatewayConfig
 from server.engine import Engine, EngineRequest, SamplingSpec
 from server.errors import install_error_handlers
 from server.lifecycle import watch_engine
 from server.metrics import Metrics
+from server.middleware import RequestMiddleware
+from server.ratelimit import RateLimiter
 from server.routes import ClientDisconnected, api, probes
 from server.serving.chat import ChatService
 from server.serving.completions import CompletionService
@@ -30,34 +32,6 @@ from server.tokenizer import Tokenizer
 logger = logging.getLogger("lemur.app")
 
 EngineFactory = Callable[[], Engine]
-
-
-class RequestMetricsMiddleware:
-    """Counts every HTTP request by route template and final status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            ctx = getattr(scope["app"].state, "ctx", None)
-            if ctx is not None:
-                ctx.metrics.http_requests.labels(path, scope["method"], str(status)).inc()
 
 
 async def warm_up(ctx: ServingContext) -> None:
@@ -79,7 +53,9 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     admission = AdmissionController(
         AdmissionConfig(config.max_concurrent_requests, config.max_queued_requests, config.queue_timeout)
     )
-    return ServingContext(config, engine, tokenizer, template, Metrics(names[0]), admission)
+    keys = KeyStore.from_sources(config.api_key, config.api_keys_file)
+    limiter = RateLimiter(config.rate_limit_rpm, config.rate_limit_tpm)
+    return ServingContext(config, engine, tokenizer, template, Metrics(names[0]), admission, keys, limiter)
 
 
 def create_app(
@@ -121,5 +97,5 @@ def create_app(
 
     app.include_router(api)
     app.include_router(probes)
-    app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(RequestMiddleware)
     return app

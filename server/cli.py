@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from server.config import DEFAULT_HOST, DEFAULT_PORT, GatewayConfig
+from server.logs import setup_logging
 
 DEFAULT_MODEL_NAME = "lemur-tiny-chat"
 
@@ -52,6 +52,17 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Jinja chat template (file or inline); default: the checkpoint's, else Lemur's ChatML",
     )
+    g.add_argument(
+        "--api-keys-file",
+        type=Path,
+        default=None,
+        help="hashed API keys, one per line: 'sha256:<hex> [name] [rpm=N] [tpm=N]' (see `lemur hash-key`)",
+    )
+    g.add_argument("--rate-limit-rpm", type=float, default=None, help="default requests per minute per key")
+    g.add_argument("--rate-limit-tpm", type=float, default=None, help="default tokens per minute per key")
+    g.add_argument("--metrics-require-key", action="store_true", help="protect /metrics with the API keys too")
+    g.add_argument("--log-format", choices=["json", "text"], default="json", help="log format (default json)")
+    g.add_argument("--log-prompts", action="store_true", help="also log prompts and outputs (off by default)")
     g.add_argument("--no-warmup", action="store_true", help="be ready without serving a warm-up request")
     g.add_argument(
         "--max-concurrent-requests",
@@ -99,7 +110,7 @@ def serve(argv: list[str]) -> int:
         ns.served_model_name = [model_dir.resolve().name]
     # vLLM owns --log-level (it is a shortcut for its logging config); we follow it.
     log_level = str(getattr(ns, "log_level", "INFO")).upper()
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level, ns.log_format)
 
     import uvicorn
 
@@ -111,6 +122,11 @@ def serve(argv: list[str]) -> int:
         host=ns.host,
         port=ns.port,
         api_key=ns.api_key,
+        api_keys_file=ns.api_keys_file,
+        rate_limit_rpm=ns.rate_limit_rpm,
+        rate_limit_tpm=ns.rate_limit_tpm,
+        metrics_require_key=ns.metrics_require_key,
+        log_prompts=ns.log_prompts,
         chat_template=ns.chat_template,
         served_model_names=tuple(ns.served_model_name or ()),
         log_level=log_level.lower(),
@@ -141,6 +157,23 @@ def serve(argv: list[str]) -> int:
     return server.exit_code
 
 
+def hash_key(argv: list[str]) -> int:
+    """Read an API key on stdin, print its keys-file line (the key is not stored)."""
+    parser = argparse.ArgumentParser(prog="lemur hash-key", description=hash_key.__doc__)
+    parser.add_argument("name", help="a name for the key (shown in logs and metrics)")
+    parser.add_argument("--rpm", type=float, default=None)
+    parser.add_argument("--tpm", type=float, default=None)
+    args = parser.parse_args(argv)
+    from server.auth import hash_line
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        parser.error("no key on stdin")
+    limits = "".join(f" {k}={v:g}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v is not None)
+    print(hash_line(key, args.name) + limits)
+    return 0
+
+
 def train(argv: list[str]) -> int:
     from training.cli import main
 
@@ -156,6 +189,7 @@ def init_model(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (serve, "serve a model behind the OpenAI-compatible gateway"),
     "train": (train, "Lemur's training recipe: pretrain, sft, export, recipe"),
+    "hash-key": (hash_key, "print the keys-file line of an API key read on stdin"),
     "init-model": (init_model, "build the tiny untrained Lemur-format demo checkpoint"),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -13,6 +14,15 @@ class GatewayConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     api_key: str | None = None
+    # Hashed keys with names and optional per-key limits (see server/auth.py).
+    api_keys_file: Path | None = None
+    # Default per-key limits (requests / tokens per minute); None: unlimited.
+    rate_limit_rpm: float | None = None
+    rate_limit_tpm: float | None = None
+    # /metrics needs a key too (it is open by default, for Prometheus).
+    metrics_require_key: bool = False
+    # Log prompts and outputs (off: only sizes and ids are logged).
+    log_prompts: bool = False
     chat_template: str | None = None
     # Names clients may use in `model`; the first is the one /v1/models lists.
     served_model_names: tuple[str, ...] = ()

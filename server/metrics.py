@@ -82,9 +82,15 @@ class Metrics:
         self.waiting = Gauge(
             "lemur:num_requests_waiting", "Requests waiting for their first token.", labels, registry=r
         )
+        self.key_requests = Counter(
+            "lemur:key_requests", "HTTP requests by API key name and status.", ["key", "status"], registry=r
+        )
+        self.key_tokens = Counter(
+            "lemur:key_tokens", "Prompt and generated tokens by API key name.", ["key", "kind"], registry=r
+        )
 
-    def track(self, prompt_tokens: int) -> RequestTracker:
-        return RequestTracker(self, prompt_tokens)
+    def track(self, prompt_tokens: int, key: str = "anonymous") -> RequestTracker:
+        return RequestTracker(self, prompt_tokens, key)
 
     def render(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
@@ -96,6 +102,7 @@ class RequestTracker:
 
     metrics: Metrics
     prompt_tokens: int
+    key: str = "anonymous"
     start: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -106,6 +113,7 @@ class RequestTracker:
         m = self.metrics
         m.waiting.labels(m.model_name).inc()
         m.prompt_tokens.labels(m.model_name).inc(self.prompt_tokens)
+        m.key_tokens.labels(self.key, "prompt").inc(self.prompt_tokens)
 
     def on_tokens(self, count: int) -> None:
         if count <= 0:
@@ -135,3 +143,4 @@ class RequestTracker:
             if self.tokens > 1:
                 m.tpot.labels(m.model_name).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
         m.request_success.labels(m.model_name, reason).inc()
+        m.key_tokens.labels(self.key, "generation").inc(self.tokens)

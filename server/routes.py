@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -22,10 +22,11 @@ from server.protocol.completions import CompletionRequest, CompletionResponse
 from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.serving.chat import ChatService, render_messages
 from server.serving.completions import CompletionService
-from server.serving.context import ServingContext
+from server.serving.context import Caller, ServingContext, current_caller
 from server.serving.sse import EventStream
 
 T = TypeVar("T")
+logger = logging.getLogger("lemur.requests")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -57,16 +58,24 @@ def context(request: Request) -> ServingContext:
 
 
 async def require_api_key(request: Request) -> None:
-    expected = context(request).config.api_key
-    if expected is None:
+    keys = context(request).keys
+    if not keys.enabled:
+        request.state.caller = Caller("anonymous")
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if not token:
         raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
     # Constant-time comparison; the key itself never appears in any message.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+    key = keys.authenticate(token) if scheme.lower() == "bearer" else None
+    if key is None:
         raise AuthenticationFailed("Incorrect API key provided.")
+    request.state.caller = Caller(key.name, context(request).limiter.for_key(key))
+
+
+async def require_key_for_metrics(request: Request) -> None:
+    if context(request).config.metrics_require_key:
+        await require_api_key(request)
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -93,14 +102,21 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def respond(
     request: Request,
     stream: bool,
+    prompt_tokens: int,
     start_stream: Callable[[], Awaitable[EventStream]],
     complete: Callable[[], Awaitable[BaseModel]],
 ) -> Response:
-    """Admit the request (or refuse it with 429/503), run it, and hold its slot
-    until the response, streamed or not, is over."""
+    """Check the caller's limits, admit the request (or refuse it with 429/503),
+    run it, and hold its slot until the response, streamed or not, is over."""
     ctx = context(request)
     if not ctx.engine.is_alive():
         raise ServiceUnavailable("the inference engine is not running")
+    caller: Caller = request.state.caller
+    if caller.limits is not None:
+        caller.limits.admit(prompt_tokens)
+    current_caller.set(caller)
+    if ctx.config.log_prompts:
+        logger.info("prompt", extra={"body": await request.json()})
 
     async def admitted() -> tuple[Permit, EventStream | BaseModel]:
         permit = await ctx.admission.acquire()
@@ -114,6 +130,8 @@ async def respond(
     if isinstance(result, EventStream):
         return EventStreamResponse(result, permit)
     permit.release()
+    if ctx.config.log_prompts:
+        logger.info("output", extra={"response": result.model_dump(exclude_none=True)})
     return JSONResponse(result.model_dump(exclude_none=True))
 
 
@@ -125,14 +143,20 @@ probes = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat
     prepared = service.prepare(body)
-    return await respond(request, body.stream, lambda: service.stream(prepared), lambda: service.complete(prepared))
+    prompt_tokens = len(prepared.engine_request.prompt_token_ids)
+    return await respond(
+        request, body.stream, prompt_tokens, lambda: service.stream(prepared), lambda: service.complete(prepared)
+    )
 
 
 @api.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     service: CompletionService = request.app.state.completions
     prepared = service.prepare(body)
-    return await respond(request, body.stream, lambda: service.stream(prepared), lambda: service.complete(prepared))
+    prompt_tokens = prepared.prompt_tokens()
+    return await respond(
+        request, body.stream, prompt_tokens, lambda: service.stream(prepared), lambda: service.complete(prepared)
+    )
 
 
 def _model_card(ctx: ServingContext, name: str) -> ModelCard:
@@ -207,6 +231,6 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready", "model": ctx.model_name})
 
 
-@probes.get("/metrics")
+@probes.get("/metrics", dependencies=[Depends(require_key_for_metrics)])
 async def metrics(request: Request) -> Response:
     return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

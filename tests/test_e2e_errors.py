@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -128,6 +129,15 @@ def test_auth(server) -> None:
     # Probes and metrics stay open.
     for path in ("/health", "/ready", "/metrics"):
         assert httpx.get(server.url(path)).status_code == 200
+    # The server's own log: JSON access lines with request ids, and never the key.
+    r = httpx.post(server.url("/v1/chat/completions"), json=body, headers={**server.headers(), "X-Request-ID": "e2e-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "e2e-1"
+    time.sleep(0.2)
+    log = server.log_path.read_text(errors="replace")
+    assert server.api_key not in log
+    access = [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"lemur.access"' in line]
+    assert any(a["request_id"] == "e2e-1" and a["status"] == 200 and a["key"] == "default" for a in access)
+    assert any(a["status"] == 401 and a["key"] == "none" for a in access)
 
 
 def test_models_version_tokenize(server, client) -> None:

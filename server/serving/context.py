@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from server.admission import AdmissionController
+from server.auth import KeyStore
 from server.chat_template import ChatTemplate
 from server.config import GatewayConfig
 from server.engine import Engine
 from server.errors import ModelNotFound
 from server.metrics import Metrics
+from server.ratelimit import KeyLimiter, RateLimiter
 from server.tokenizer import Tokenizer
 
 
@@ -32,6 +35,8 @@ class ServingContext:
     template: ChatTemplate
     metrics: Metrics
     admission: AdmissionController
+    keys: KeyStore
+    limiter: RateLimiter
     state: ServingState = field(default_factory=ServingState)
 
     @property
@@ -46,6 +51,19 @@ class ServingContext:
             f"The model `{requested}` does not exist. This server serves `{self.model_name}`.",
             param="model",
         )
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request is for: the key's name (never the key) and its limits."""
+
+    key_name: str
+    limits: KeyLimiter | None = None
+
+
+# Set by the route for the request being served; read by generation to charge
+# the tokens to the caller's budget and metrics.
+current_caller: ContextVar[Caller | None] = ContextVar("lemur_caller", default=None)
 
 
 def new_request_id(prefix: str) -> str:

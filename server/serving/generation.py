@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest, TokenLogprob
 from server.errors import APIError, InternalServerError, InvalidRequest, RequestTimeout, ServiceUnavailable
-from server.serving.context import ServingContext
+from server.serving.context import ServingContext, current_caller
 
 T = TypeVar("T")
 
@@ -49,7 +49,8 @@ async def _next_before(outputs: AsyncIterator[EngineOutput], deadline: float | N
 
 
 async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-    tracker = ctx.metrics.track(len(request.prompt_token_ids))
+    caller = current_caller.get()
+    tracker = ctx.metrics.track(len(request.prompt_token_ids), caller.key_name if caller else "anonymous")
     timeout = ctx.config.request_timeout
     deadline = asyncio.get_running_loop().time() + timeout if timeout else None
     reason = "abort"
@@ -82,6 +83,8 @@ async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator
     finally:
         ctx.state.inflight.discard(request.request_id)
         tracker.finish(reason)
+        if caller is not None and caller.limits is not None:
+            caller.limits.charge_completion(tracker.tokens)
 
 
 async def prime(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:

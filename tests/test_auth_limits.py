@@ -1,0 +1,123 @@
+"""API keys (hashed, named, from a file or env), per-key limits, request ids
+and what the logs may contain: over the fake engine (pure gateway logic)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.auth import ENV_VAR, KeyStore, hash_line, parse_keys_file
+from server.config import GatewayConfig
+from server.ratelimit import TokenBucket
+from tests.fake_engine import FakeEngine
+
+ALICE, BOB = "sk-alice-0123456789", "sk-bob-9876543210"
+BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture()
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "keys.txt"
+    path.write_text(f"# team keys\n{hash_line(ALICE, 'alice')} rpm=2\n\n{hash_line(BOB, 'bob')} tpm=1000000\n")
+    return path
+
+
+def test_keys_file_holds_only_hashes(keys_file: Path) -> None:
+    text = keys_file.read_text()
+    assert ALICE not in text and BOB not in text
+    keys = parse_keys_file(keys_file)
+    assert [(k.name, k.rpm, k.tpm) for k in keys] == [("alice", 2.0, None), ("bob", None, 1e6)]
+    store = KeyStore(keys)
+    assert store.authenticate(ALICE).name == "alice"
+    assert store.authenticate(BOB).name == "bob"
+    assert store.authenticate("sk-mallory") is None
+
+
+def test_bad_keys_file_line_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "k.txt"
+    bad.write_text("plaintext-key alice\n")
+    with pytest.raises(ValueError, match=r"k\.txt:1"):
+        parse_keys_file(bad)
+
+
+def test_keys_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "k1, k2")
+    store = KeyStore.from_sources("k0", None)
+    assert [store.authenticate(k).name for k in ("k0", "k1", "k2")] == ["default", "env-0", "env-1"]
+
+
+def test_token_bucket_refill_and_debt() -> None:
+    bucket = TokenBucket(60)  # 60 per minute: 1 per second
+    assert bucket.wait_for(60) == 0
+    bucket.take(70)  # 10 into debt
+    assert bucket.wait_for(1) == pytest.approx(11.0, abs=0.1)
+
+
+@pytest.fixture()
+def keyed_client(tiny_checkpoint: Path, keys_file: Path):
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053)
+    config = GatewayConfig(served_model_names=("tiny",), api_keys_file=keys_file)
+    with TestClient(create_app(config, lambda: fake)) as client:
+        yield client
+
+
+def test_rpm_limit_per_key(keyed_client: TestClient) -> None:
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    bob = {"Authorization": f"Bearer {BOB}"}
+    assert [keyed_client.post("/v1/chat/completions", json=BODY, headers=alice).status_code for _ in range(2)] == [
+        200,
+        200,
+    ]
+    r = keyed_client.post("/v1/chat/completions", json=BODY, headers=alice)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(r.headers["Retry-After"]) <= 31
+    assert "alice" in r.json()["error"]["message"] and ALICE not in r.text
+    # Another key is not affected.
+    assert keyed_client.post("/v1/chat/completions", json=BODY, headers=bob).status_code == 200
+    metrics = keyed_client.get("/metrics").text
+    assert 'lemur:key_requests_total{key="alice",status="429"} 1.0' in metrics
+    assert 'lemur:key_tokens_total{key="bob",kind="generation"} 3.0' in metrics
+    assert ALICE not in metrics and BOB not in metrics
+
+
+def test_tpm_limit(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text(f"{hash_line(ALICE, 'alice')} tpm=40\n")
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053)
+    config = GatewayConfig(served_model_names=("tiny",), api_keys_file=path)
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    with TestClient(create_app(config, lambda: fake)) as client:
+        body = {**BODY, "max_tokens": 30}
+        assert client.post("/v1/chat/completions", json=body, headers=alice).status_code == 200
+        r = client.post("/v1/chat/completions", json=body, headers=alice)  # the budget went into debt
+        assert r.status_code == 429
+
+
+def test_request_id_honoured_and_logs_hold_no_key(keyed_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    headers = {"Authorization": f"Bearer {BOB}", "X-Request-ID": "trace-42"}
+    r = keyed_client.post("/v1/chat/completions", json=BODY, headers=headers)
+    assert r.headers["x-request-id"] == "trace-42"
+    generated = keyed_client.get("/health").headers["x-request-id"]
+    assert len(generated) == 32
+    bad = keyed_client.post("/v1/chat/completions", json=BODY, headers={"Authorization": "Bearer sk-wrong-key"})
+    assert bad.status_code == 401
+    access = [r for r in caplog.records if r.name == "lemur.access"]
+    assert any(getattr(r, "key", None) == "bob" and r.status == 200 for r in access)
+    text = "\n".join(r.getMessage() + json.dumps(r.__dict__, default=str) for r in caplog.records)
+    assert BOB not in text and "sk-wrong-key" not in text
+    assert not any(hasattr(r, "body") or hasattr(r, "response") for r in caplog.records)  # no prompts by default
+
+
+def test_metrics_can_require_a_key(tiny_checkpoint: Path, keys_file: Path) -> None:
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053)
+    config = GatewayConfig(served_model_names=("tiny",), api_keys_file=keys_file, metrics_require_key=True)
+    with TestClient(create_app(config, lambda: fake)) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {BOB}"}).status_code == 200
+        assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
