@@ -61,6 +61,7 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rate-limit-rpm", type=float, default=None, help="default requests per minute per key")
     g.add_argument("--rate-limit-tpm", type=float, default=None, help="default tokens per minute per key")
     g.add_argument("--metrics-require-key", action="store_true", help="protect /metrics with the API keys too")
+    g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (default 4 MiB)")
     g.add_argument("--log-format", choices=["json", "text"], default="json", help="log format (default json)")
     g.add_argument("--log-prompts", action="store_true", help="also log prompts and outputs (off by default)")
     g.add_argument("--no-warmup", action="store_true", help="be ready without serving a warm-up request")
@@ -127,6 +128,7 @@ def serve(argv: list[str]) -> int:
         rate_limit_tpm=ns.rate_limit_tpm,
         metrics_require_key=ns.metrics_require_key,
         log_prompts=ns.log_prompts,
+        max_body_bytes=ns.max_body_bytes,
         chat_template=ns.chat_template,
         served_model_names=tuple(ns.served_model_name or ()),
         log_level=log_level.lower(),

@@ -21,6 +21,8 @@ class GatewayConfig:
     rate_limit_tpm: float | None = None
     # /metrics needs a key too (it is open by default, for Prometheus).
     metrics_require_key: bool = False
+    # Largest request body accepted (413 beyond).
+    max_body_bytes: int = 4 * 1024 * 1024
     # Log prompts and outputs (off: only sizes and ids are logged).
     log_prompts: bool = False
     chat_template: str | None = None

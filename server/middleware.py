@@ -4,6 +4,7 @@ counters by route, status and API key name."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -11,6 +12,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.errors import error_body
 from server.logs import request_id_var
 
 logger = logging.getLogger("lemur.access")
@@ -54,3 +56,52 @@ class RequestMiddleware:
                        "duration_ms": round((time.perf_counter() - start) * 1000, 2)},
             )  # fmt: skip
             request_id_var.reset(token)
+
+
+class BodySizeLimit:
+    """413 for request bodies over `max_bytes`, whether announced by
+    Content-Length or not; the body is read at most once, then replayed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _too_large(self, send: Send) -> None:
+        body = json.dumps(error_body(f"request body is larger than {self.max_bytes} bytes", "invalid_request_error",
+                                     None, "request_too_large")).encode()  # fmt: skip
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]  # fmt: skip
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # then: wait for the disconnect, as usual
+
+        await self.app(scope, replay, send)

@@ -206,3 +206,92 @@ def test_non_stream_disconnect_aborts_engine_request(server) -> None:
     wait_engine_idle(server)
     assert metric(server, "lemur:request_success_total", finished_reason="abort") == aborted + 1
     assert metric(server, "vllm:generation_tokens_total") - generated < 4 * LONG["max_tokens"] / 2
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"messages": [{"role": "user", "content": "hi"}], "extra": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"messages": [{"role": "user", "content": "' + b"a" * (10 * 1024 * 1024) + b'"}]}', 413),
+        (_nested(64), 400),
+        (_nested(100_000), 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e30}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "n": 1000000000000}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": 0}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1e400}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "seed": 1e20}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["' + b"x" * 300 + b'"]}', 400),
+        (b'{"messages": [{"role": "user", "content": ["not a part"]}]}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes please"}', 400),
+        (b'{"messages": "hi"}', 400),
+        (b"", 400),
+        (b"null", 400),
+    ],
+    ids=[
+        "10MB",
+        "nest64",
+        "nest100k",
+        "huge-max-tokens",
+        "huge-n",
+        "neg-temp",
+        "top-p-0",
+        "inf-penalty",
+        "float-seed",
+        "long-stop",
+        "bad-part",
+        "bad-stream",
+        "messages-str",
+        "empty",
+        "null",
+    ],
+)
+def test_bad_input_table(server, raw: bytes, status: int) -> None:
+    r = httpx.post(server.url("/v1/chat/completions"), content=raw, timeout=60,
+                   headers={**server.headers(), "content-type": "application/json"})  # fmt: skip
+    assert_envelope(r, status)
+
+
+def test_many_logit_bias_entries_and_prompts(server) -> None:
+    bias = {str(i): 1 for i in range(1100)}
+    assert_envelope(post(server, "/v1/chat/completions", {"messages": MESSAGES, "logit_bias": bias}), 400)
+    assert_envelope(post(server, "/v1/completions", {"prompt": ["x"] * 300, "max_tokens": 1}), 400)
+
+
+def test_disconnect_storm(server, client) -> None:
+    """200 streams cancelled at random points; the engine ends with nothing
+    running or waiting, and a normal request still succeeds."""
+    import asyncio
+    import random
+
+    rng = random.Random(7)
+    url = server.url("/v1/chat/completions")
+    body = {"messages": MESSAGES, "max_tokens": 200, "ignore_eos": True, "stream": True}
+
+    async def one(http: httpx.AsyncClient, lines_before_cancel: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with http.stream("POST", url, json=body, headers=server.headers()) as r:
+            seen = 0
+            async for _ in r.aiter_lines():
+                seen += 1
+                if seen >= lines_before_cancel:
+                    break  # leaving the block closes the connection mid-stream
+
+    async def storm() -> None:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=250)) as http:
+            jobs = [one(http, rng.randint(1, 40), rng.uniform(0, 1.0)) for _ in range(200)]
+            for job in [asyncio.create_task(j) for j in jobs]:
+                await job
+
+    generated = metric(server, "vllm:generation_tokens_total")
+    asyncio.run(storm())
+    wait_engine_idle(server, timeout=30)
+    assert metric(server, "vllm:num_requests_waiting") == 0
+    assert metric(server, "lemur:num_requests_waiting") == 0
+    # Far fewer tokens than 200 streams x 200 tokens were generated: they were aborted.
+    assert metric(server, "vllm:generation_tokens_total") - generated < 200 * 200 / 2
+    r = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=4)
+    assert r.choices[0].finish_reason in ("stop", "length")

@@ -26,21 +26,27 @@ class OpenAIModel(BaseModel):
         return self
 
 
-def find_invalid_unicode(data: Any) -> str | None:
-    """Path of the first string with a lone surrogate (JSON allows "\\ud800"
-    escapes, but no tokenizer or engine can take such text), else None."""
-    stack: list[tuple[str, Any]] = [("", data)]
+MAX_NESTING = 32
+
+
+def check_json_shape(data: Any) -> str | None:
+    """What is wrong with a parsed body, or None: strings with a lone surrogate
+    (JSON allows "\\ud800" escapes, but no tokenizer or engine can take such
+    text), or nesting deeper than MAX_NESTING (no OpenAI request needs it)."""
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
     while stack:
-        path, value = stack.pop()
+        path, value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return f"{path or 'body'}: JSON nested deeper than {MAX_NESTING} levels"
         if isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                return path or "body"
+                return f"{path or 'body'}: text is not valid Unicode (lone surrogate)"
         elif isinstance(value, dict):
-            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+            stack.extend((f"{path}.{k}" if path else str(k), v, depth + 1) for k, v in value.items())
         elif isinstance(value, list):
-            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+            stack.extend((f"{path}.{i}" if path else str(i), v, depth + 1) for i, v in enumerate(value))
     return None
 
 
@@ -50,9 +56,9 @@ class RequestModel(OpenAIModel):
     @model_validator(mode="before")
     @classmethod
     def _normalize(cls, data: Any) -> Any:
-        where = find_invalid_unicode(data)
-        if where is not None:
-            raise ValueError(f"{where}: text is not valid Unicode (lone surrogate)")
+        problem = check_json_shape(data)
+        if problem is not None:
+            raise ValueError(problem)
         if isinstance(data, dict):
             # OpenAI clients may send an explicit null for any optional field:
             # it means "the default", also where our default is not None.
@@ -79,7 +85,7 @@ class SamplingFields(RequestModel):
     top_k: int | None = Field(default=None, ge=-1, le=2**31 - 1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=128)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = None  # at most 16, each at most 256 characters
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -98,8 +104,10 @@ class SamplingFields(RequestModel):
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stops) > 16:
             raise ValueError("stop: at most 16 stop sequences are allowed")
-        if any(s == "" for s in stops):
-            raise ValueError("stop: stop sequences must not be empty")
+        if any(s == "" or len(s) > 256 for s in stops):
+            raise ValueError("stop: stop sequences must be 1 to 256 characters long")
+        if len(self.logit_bias or {}) > 1024:
+            raise ValueError("logit_bias: at most 1024 entries are allowed")
         for key, value in (self.logit_bias or {}).items():
             if not re.fullmatch(r"-?[0-9]{1,12}", key):
                 raise ValueError(f"logit_bias: key {key!r} is not a token id")

@@ -24,6 +24,8 @@ class CompletionRequest(SamplingFields):
         if isinstance(self.prompt, list):
             if not self.prompt:
                 raise ValueError("prompt must not be empty")
+            if isinstance(self.prompt[0], str | list) and len(self.prompt) > 256:
+                raise ValueError("prompt: at most 256 prompts per request")
             if any(isinstance(p, list) and not p for p in self.prompt):
                 raise ValueError("prompt: token-id prompts must not be empty")
         return self
