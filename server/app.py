@@ -87,7 +87,10 @@ def create_app(
                     task.cancel()
             await engine.shutdown()
 
-    app = FastAPI(title="Lemur Serve", version=__version__, lifespan=lifespan)
+    # The schema is served by our own route, behind the API keys (no open docs pages).
+    app = FastAPI(
+        title="Lemur Serve", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None
+    )
     app.state.engine_version = engine_version
     install_error_handlers(app)
 

@@ -198,6 +198,11 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     return DetokenizeResponse(prompt=ctx.tokenizer.decode(body.tokens))
 
 
+@api.get("/openapi.json", include_in_schema=False)
+async def openapi_schema(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
 @api.get("/version", response_model=VersionResponse)
 async def version(request: Request) -> VersionResponse:
     return VersionResponse(version=__version__, vllm=request.app.state.engine_version)

@@ -115,6 +115,22 @@ def test_unknown_fields_are_ignored(client) -> None:
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+PROTECTED = [
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
+    ("GET", f"/v1/models/{MODEL_NAME}"), ("POST", "/tokenize"), ("POST", "/detokenize"),
+    ("GET", "/version"), ("GET", "/openapi.json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_every_protected_route_refuses_missing_and_wrong_keys(server, method: str, path: str) -> None:
+    body = {"prompt": "x", "messages": MESSAGES, "tokens": [1], "max_tokens": 1} if method == "POST" else None
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.api_key}):
+        r = httpx.request(method, server.url(path), json=body, headers=headers)
+        assert_envelope(r, 401, "invalid_api_key")
+    assert httpx.request(method, server.url(path), json=body, headers=server.headers()).status_code in (200, 400)
+
+
 def test_auth(server) -> None:
     body = {"messages": MESSAGES, "max_tokens": 2}
     r = httpx.post(server.url("/v1/chat/completions"), json=body)
