@@ -188,3 +188,49 @@ def test_engine_death_is_detected_and_exits_nonzero(tiny_checkpoint: Path, tmp_p
     finally:
         if server.process.poll() is None:
             stop_server(server)
+
+
+def test_drain_timeout_aborts_what_is_left(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Streams that outlast --shutdown-timeout end with an error event and
+    [DONE]; the process still exits 0."""
+    server = start_server(tiny_checkpoint, tmp_path / "server.log", ["--shutdown-timeout", "1"])
+    url = server.url("/v1/chat/completions")
+    body = {"messages": MESSAGES, "max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True}
+    try:
+
+        async def scenario() -> list[list[str]]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                started = asyncio.Event()
+                count = 0
+
+                async def stream() -> list[str]:
+                    nonlocal count
+                    lines: list[str] = []
+                    async with client.stream("POST", url, json=body) as r:
+                        async for line in r.aiter_lines():
+                            if line.startswith("data: "):
+                                lines.append(line)
+                                if len(lines) == 10:
+                                    count += 1
+                                    if count == 4:
+                                        started.set()
+                    return lines
+
+                tasks = [asyncio.create_task(stream()) for _ in range(4)]
+                await asyncio.wait_for(started.wait(), 60)
+                server.process.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks)
+
+        t0 = time.monotonic()
+        results = asyncio.run(scenario())
+        for lines in results:
+            assert lines[-1] == "data: [DONE]"
+            assert json.loads(lines[-2][6:])["error"]["code"] == "service_unavailable"
+        rc = server.process.wait(timeout=60)
+        print(
+            f"\n[drain timeout] 4 long streams aborted; all ended {time.monotonic() - t0:.1f}s after start; exit {rc}"
+        )
+        assert rc == 0
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
