@@ -64,6 +64,14 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (default 4 MiB)")
     g.add_argument("--log-format", choices=["json", "text"], default="json", help="log format (default json)")
     g.add_argument("--log-prompts", action="store_true", help="also log prompts and outputs (off by default)")
+    g.add_argument(
+        "--engine",
+        choices=["vllm", "mock"],
+        default="vllm",
+        help="vllm (default), or mock: no model, tokens at a fixed rate, to load-test the gateway alone",
+    )
+    g.add_argument("--mock-tokens-per-s", type=float, default=50.0, help="mock engine: tokens/s per sequence")
+    g.add_argument("--mock-ttft-ms", type=float, default=0.0, help="mock engine: time to the first token")
     g.add_argument("--no-warmup", action="store_true", help="be ready without serving a warm-up request")
     g.add_argument(
         "--max-concurrent-requests",
@@ -116,6 +124,7 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.engine import Engine
     from server.lifecycle import GatewayServer
 
     engine_args = vllm_engine.engine_args_from_namespace(ns)
@@ -145,12 +154,18 @@ def serve(argv: list[str]) -> int:
         if server is not None:
             server.stop(exit_code=1)
 
-    app = create_app(
-        config,
-        lambda: vllm_engine.VllmEngine.start(engine_args),
-        engine_version=vllm_engine.VLLM_VERSION,
-        on_engine_dead=engine_dead,
-    )
+    if ns.engine == "mock":
+        from server.engine.mock import MockEngine
+
+        def factory() -> Engine:
+            return MockEngine(ns.model, config.served_model_names[0] if config.served_model_names else "mock",
+                              ns.mock_tokens_per_s, ns.mock_ttft_ms / 1000, ns.max_model_len)  # fmt: skip
+    else:
+
+        def factory() -> Engine:
+            return vllm_engine.VllmEngine.start(engine_args)
+
+    app = create_app(config, factory, engine_version=vllm_engine.VLLM_VERSION, on_engine_dead=engine_dead)
     uv_config = uvicorn.Config(
         app, host=ns.host, port=ns.port, log_level=config.log_level, timeout_keep_alive=30, timeout_graceful_shutdown=5
     )
@@ -176,6 +191,12 @@ def hash_key(argv: list[str]) -> int:
     return 0
 
 
+def bench(argv: list[str]) -> int:
+    from bench.cli import main
+
+    return main(argv)
+
+
 def train(argv: list[str]) -> int:
     from training.cli import main
 
@@ -190,6 +211,7 @@ def init_model(argv: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (serve, "serve a model behind the OpenAI-compatible gateway"),
+    "bench": (bench, "load-test an OpenAI-compatible endpoint (and `bench compare A.json B.json`)"),
     "train": (train, "Lemur's training recipe: pretrain, sft, export, recipe"),
     "hash-key": (hash_key, "print the keys-file line of an API key read on stdin"),
     "init-model": (init_model, "build the tiny untrained Lemur-format demo checkpoint"),

@@ -1,0 +1,1 @@
+"""`lemur bench`: a load tester for any OpenAI-compatible endpoint."""
