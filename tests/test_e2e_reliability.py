@@ -25,7 +25,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 def limited(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("limited") / "server.log"
     extra = ["--api-key", API_KEY, "--max-concurrent-requests", "2", "--max-queued-requests", "2",
-             "--queue-timeout", "1", "--request-timeout", "1"]  # fmt: skip
+             "--queue-timeout", "5", "--request-timeout", "1"]  # fmt: skip
     server = start_server(tiny_checkpoint, log, extra)
     yield server
     stop_server(server)
