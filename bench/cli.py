@@ -76,10 +76,11 @@ def _prompts(args: argparse.Namespace, tokenizer) -> list[BenchPrompt]:
 async def _bench(
     args: argparse.Namespace, target: Target, prompts: list[BenchPrompt]
 ) -> tuple[list[RequestResult], float, float]:
-    limits = httpx_limits(args)
-    import httpx
+    import aiohttp
 
-    async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         for p in prompts[: args.warmup]:
             await send(http, target, p, time.perf_counter())
         load = Load(concurrency=args.concurrency or (None if args.request_rate else 8), rate=args.request_rate,
@@ -111,13 +112,6 @@ async def _bench(
             bar.close()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     return results, duration, cpu
-
-
-def httpx_limits(args: argparse.Namespace):
-    import httpx
-
-    n = max(args.concurrency or 0, args.max_concurrency or 0, 64) + 16
-    return httpx.Limits(max_connections=n, max_keepalive_connections=n)
 
 
 def _default_model(base_url: str, api_key: str | None) -> str:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from bench.dataset import BenchPrompt
 
@@ -81,46 +81,52 @@ def _error(status: int, raw: bytes) -> str:
     return f"{status}:{code}" if code else str(status)
 
 
-async def send(http: httpx.AsyncClient, t: Target, p: BenchPrompt, t0: float) -> RequestResult:
+async def send(http: aiohttp.ClientSession, t: Target, p: BenchPrompt, t0: float) -> RequestResult:
+    """aiohttp, reading raw bytes and splitting SSE events by hand: the client's
+    own cost per chunk must stay far below the server's."""
     path = "/chat/completions" if t.endpoint == "chat" else "/completions"
     headers = {"Authorization": f"Bearer {t.api_key}"} if t.api_key else {}
     start = time.perf_counter()
     res = RequestResult(start=start - t0, end=start - t0, status=0, input_tokens=p.input_tokens)
     chunks = 0
     try:
-        async with http.stream("POST", t.base_url.rstrip("/") + path, json=_body(t, p), headers=headers) as r:
-            res.status = r.status_code
-            if r.status_code != 200:
-                res.error = _error(r.status_code, await r.aread())
+        async with http.post(t.base_url.rstrip("/") + path, json=_body(t, p), headers=headers) as r:
+            res.status = r.status
+            if r.status != 200:
+                res.error = _error(r.status, await r.read())
             elif not t.stream:
-                data = json.loads(await r.aread())
+                data = json.loads(await r.read())
                 res.ttft = time.perf_counter() - start
                 res.output_tokens = int((data.get("usage") or {}).get("completion_tokens", 0))
             else:
                 last = None
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        res.error = _error(200, line[6:].encode())
-                        continue
-                    if chunk.get("usage"):
-                        res.output_tokens = int(chunk["usage"].get("completion_tokens", 0))
-                        res.input_tokens = int(chunk["usage"].get("prompt_tokens", 0)) or res.input_tokens
-                    if _content(chunk, t.endpoint):
-                        now = time.perf_counter()
-                        if last is None:
-                            res.ttft = now - start
-                        else:
-                            res.itl.append(now - last)
-                        last = now
-                        chunks += 1
+                buffer = b""
+                async for raw in r.content.iter_any():
+                    now = time.perf_counter()
+                    buffer += raw
+                    *events, buffer = buffer.split(b"\n\n")
+                    for event in events:
+                        if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                            continue
+                        chunk = json.loads(event[6:])
+                        if "error" in chunk:
+                            res.error = _error(200, event[6:])
+                            continue
+                        if chunk.get("usage"):
+                            res.output_tokens = int(chunk["usage"].get("completion_tokens", 0))
+                            res.input_tokens = int(chunk["usage"].get("prompt_tokens", 0)) or res.input_tokens
+                        if _content(chunk, t.endpoint):
+                            if last is None:
+                                res.ttft = now - start
+                            else:
+                                res.itl.append(now - last)
+                            last = now
+                            chunks += 1
                 if res.output_tokens == 0:
                     res.output_tokens = chunks  # no usage from the server: one chunk per token
-    except httpx.TimeoutException:
+    except TimeoutError:
         res.error = "timeout"
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         res.error = type(exc).__name__
     res.end = time.perf_counter() - t0
     return res

@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -100,7 +101,7 @@ def vllm_bench(url_root: str, model: str, tokenizer: str, out: Path, n: int, con
     subprocess.run([*PIN["client"], PY, "-c", VLLM_BENCH, "--backend", "openai-chat", "--base-url", url_root,
                     "--endpoint", "/v1/chat/completions", "--model", model, "--tokenizer", tokenizer,
                     "--dataset-name", "random", "--random-input-len", str(inp), "--random-output-len", str(outp),
-                    "--num-prompts", str(n), "--max-concurrency", str(conc), "--ignore-eos",
+                    "--num-prompts", str(n), "--max-concurrency", str(conc), "--ignore-eos", "--temperature", "0",
                     "--save-result", "--result-dir", str(out), "--result-filename", "vllm-bench.json"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     return json.loads((out / "vllm-bench.json").read_text())
@@ -113,6 +114,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--skip", nargs="*", default=[], choices=["cross", "versus", "mock"])
     p.add_argument("--cross-concurrency", type=int, default=16)
+    p.add_argument("--cross-rounds", type=int, default=6)
     p.add_argument("--pin", action="store_true", help="server on CPU 0, clients on CPU 1 (taskset)")
     args = p.parse_args()
     if args.pin:
@@ -131,7 +133,8 @@ def main() -> int:
         runs: dict[str, list[dict]] = {"lemur_bench": [], "vllm_bench": []}
         srv = gateway(args.model, args.name, args.out)
         try:
-            for rnd, order in enumerate((("vllm_bench", "lemur_bench"), ("lemur_bench", "vllm_bench"))):
+            orders = [("vllm_bench", "lemur_bench"), ("lemur_bench", "vllm_bench")] * ((args.cross_rounds + 1) // 2)
+            for rnd, order in enumerate(orders[: args.cross_rounds]):
                 for tool in order:
                     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                     if tool == "lemur_bench":
@@ -148,12 +151,15 @@ def main() -> int:
                     runs[tool].append(row)
         finally:
             srv.stop()
-        mean = {tool: {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} for tool, rows in runs.items()}
-        ratio = {k: mean["lemur_bench"][k] / mean["vllm_bench"][k] for k in mean["lemur_bench"]}
+        # Medians over the rounds: single runs on a shared 2-core machine vary by ~10 %.
+        median = {tool: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for tool, rows in runs.items()}
+        ratio = {k: median["lemur_bench"][k] / median["vllm_bench"][k] for k in median["lemur_bench"]}
         results[f"cross_check_c{c}" + ("_pinned" if args.pin else "")] = {
             "runs": runs,
-            "mean": mean,
+            "median": median,
             "lemur_over_vllm": ratio,
+            "note": "both clients greedy (vllm bench --temperature 0); without it vllm bench leaves sampling to the "
+            "server's defaults (temperature 0.6, top_p 0.9 here), a different and slower load",
         }
         print(json.dumps(results[f"cross_check_c{c}" + ("_pinned" if args.pin else "")], indent=1))
 

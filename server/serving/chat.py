@@ -108,24 +108,28 @@ class ChatService:
             return sse(ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, **extra))
 
         completion_tokens = 0
+        # The role chunks go out in the same write as the first content, so a
+        # client sees the first token no later than the role.
+        pending = "".join(
+            chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""), finish_reason=None)])
+            for i in range(p.engine_request.sampling.n)
+        )
         async with aclosing(outputs):
-            for i in range(p.engine_request.sampling.n):
-                role = ChatDelta(role="assistant", content="")
-                yield chunk([ChatChunkChoice(index=i, delta=role, finish_reason=None)])
             try:
                 out = first
                 while out is not None:
                     completion_tokens += len(out.token_ids)
                     if event := self._delta(p, out, chunk):
-                        yield event
+                        yield pending + event
+                        pending = ""
                     out = await anext(outputs, None)
             except APIError as exc:
-                yield sse_error(exc)
+                yield pending + sse_error(exc)
                 yield SSE_DONE
                 return
         if with_usage:
-            yield chunk([], Usage.of(len(p.engine_request.prompt_token_ids), completion_tokens))
-        yield SSE_DONE
+            pending += chunk([], Usage.of(len(p.engine_request.prompt_token_ids), completion_tokens))
+        yield pending + SSE_DONE
 
     def _delta(self, p: PreparedChat, out: EngineOutput, chunk: Callable[..., str]) -> str | None:
         if not out.text and out.finish_reason is None and not out.logprobs:
