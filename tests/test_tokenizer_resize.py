@@ -10,8 +10,8 @@ import torch
 
 from server.chat_format import LEMUR_ADDED_TOKENS
 from training.config import ModelConfig
+from training.corpus import stdlib_python_files
 from training.modeling import build_model, build_tokenizer
-from training.tiny import stdlib_python_files
 from training.tokenizer import iter_files_text, train_bpe_tokenizer
 
 

@@ -10,62 +10,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
 
+from training.config import ModelConfig
+from training.corpus import stdlib_python_files
+from training.modeling import build_model
 from training.tokenizer import iter_files_text, save_hf_tokenizer, train_bpe_tokenizer
 
 UNTRAINED_NAME = "lemur-tiny-chat-untrained"
 
 
-@dataclass(frozen=True)
-class TinyConfig:
-    base_vocab_size: int = 2048
-    hidden_size: int = 128
-    intermediate_size: int = 352
-    num_layers: int = 2
-    num_heads: int = 4  # head_dim 32
-    num_kv_heads: int = 2  # GQA, like 64/8 in the 70B model
-    max_position_embeddings: int = 1024
-    tokenizer_corpus_bytes: int = 3_000_000
-    seed: int = 0
+# The untrained test/demo model: Lemur's shape family at toy size.
+TINY_UNTRAINED = ModelConfig(
+    vocab_size=2048,
+    hidden_size=128,
+    intermediate_size=352,
+    num_layers=2,
+    num_heads=4,  # head_dim 32
+    num_kv_heads=2,  # GQA, like 64/8 in the 70B model
+    max_position_embeddings=1024,
+    tokenizer_corpus_bytes=3_000_000,
+)
 
 
-def stdlib_python_files() -> list[Path]:
-    """The standard library's own sources, in a stable order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.glob("*.py")] + [p for p in root.glob("*/*.py") if "test" not in p.parts]
-    return sorted(files)
-
-
-def build_tiny_checkpoint(out_dir: Path, cfg: TinyConfig = TinyConfig()) -> Path:
+def build_tiny_checkpoint(out_dir: Path, cfg: ModelConfig = TINY_UNTRAINED, seed: int = 0) -> Path:
     """Write a Hugging Face checkpoint directory that vLLM and transformers load."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok = train_bpe_tokenizer(iter_files_text(stdlib_python_files(), cfg.tokenizer_corpus_bytes), cfg.base_vocab_size)
+    tok = train_bpe_tokenizer(iter_files_text(stdlib_python_files(), cfg.tokenizer_corpus_bytes), cfg.vocab_size)
     save_hf_tokenizer(tok, out_dir)
-    vocab_size = tok.get_vocab_size()
-
-    torch.manual_seed(cfg.seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        bos_token_id=tok.token_to_id("<s>"),
-        eos_token_id=tok.token_to_id("</s>"),
-        pad_token_id=tok.token_to_id("<unk>"),
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    model = build_model(cfg, tokenizer, seed)
+    config = model.config
     model.save_pretrained(str(out_dir), safe_serialization=True)
     # Lemur-chat's generation defaults (its generation_config.json): eos is `</s>` only.
     gen = {
