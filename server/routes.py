@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from server import __version__
 from server.admission import Permit
 from server.engine import EngineDeadError
-from server.errors import AuthenticationFailed, InvalidRequest, ServiceUnavailable, error_body
+from server.errors import AuthenticationFailed, ServiceUnavailable, error_body
 from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
 from server.protocol.common import ModelCard, ModelList, VersionResponse
 from server.protocol.completions import CompletionRequest, CompletionResponse
@@ -23,6 +23,7 @@ from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, Toke
 from server.serving.chat import ChatService, render_messages
 from server.serving.completions import CompletionService
 from server.serving.context import Caller, ServingContext, current_caller
+from server.serving.sampling import check_token_ids
 from server.serving.sse import EventStream
 
 T = TypeVar("T")
@@ -191,10 +192,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     ctx = context(request)
     ctx.resolve_model(body.model)
-    vocab = ctx.engine.info.vocab_size
-    bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
-    if bad is not None:
-        raise InvalidRequest(f"tokens: token id {bad} is outside the vocabulary (0..{vocab - 1})", param="tokens")
+    check_token_ids(body.tokens, ctx.engine.info.vocab_size, "tokens")
     return DetokenizeResponse(prompt=ctx.tokenizer.decode(body.tokens))
 
 

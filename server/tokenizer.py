@@ -63,7 +63,6 @@ class Tokenizer:
             eos_id=hf.eos_token_id,
             im_end_id=im_end if isinstance(im_end, int) and im_end != unk else None,
         )
-        self.vocab_size = len(hf)
         self._bytes_cache: dict[int, bytes] = {}
         self._byte_decoder = _byte_level_decoder(hf)
 

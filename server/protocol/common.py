@@ -149,17 +149,6 @@ class ModelList(ResponseModel):
     data: list[ModelCard]
 
 
-class ErrorInfo(ResponseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(ResponseModel):
-    error: ErrorInfo
-
-
 class VersionResponse(ResponseModel):
     version: str
     vllm: str

@@ -8,7 +8,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from server.engine import EngineOutput, EngineRequest, TokenLogprob
-from server.errors import APIError, InvalidRequest
+from server.errors import APIError
 from server.protocol.common import Usage
 from server.protocol.completions import (
     CompletionChoice,
@@ -18,7 +18,7 @@ from server.protocol.completions import (
 )
 from server.serving.context import ServingContext, new_request_id
 from server.serving.generation import collect_all, merge, prime
-from server.serving.sampling import build_sampling
+from server.serving.sampling import build_sampling, check_token_ids
 from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
 
 
@@ -73,10 +73,7 @@ class CompletionService:
         tok = self.ctx.tokenizer
         if isinstance(prompt, str):
             return PromptInput(prompt, tuple(tok.encode(prompt, add_special_tokens=True)))
-        vocab = self.ctx.engine.info.vocab_size
-        bad = next((t for t in prompt if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequest(f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})", param="prompt")
+        check_token_ids(prompt, self.ctx.engine.info.vocab_size, "prompt")
         return PromptInput(tok.decode(prompt), tuple(prompt))
 
     def _first_token(self, prompt: PromptInput) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from server.engine import SamplingSpec
 from server.errors import ContextLengthExceeded, InvalidRequest
 from server.protocol.common import SamplingFields
@@ -24,17 +26,17 @@ def resolve_max_tokens(
     return requested if requested is not None else room
 
 
+def check_token_ids(token_ids: Iterable[int], vocab_size: int, param: str) -> None:
+    """400 for the first id outside the vocabulary."""
+    bad = next((t for t in token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"{param}: token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param=param)
+
+
 def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> tuple[tuple[int, float], ...]:
-    out = []
-    for key, value in (bias or {}).items():
-        token_id = int(key)
-        if not 0 <= token_id < vocab_size:
-            raise InvalidRequest(
-                f"logit_bias: token id {token_id} is outside the vocabulary (0..{vocab_size - 1})",
-                param="logit_bias",
-            )
-        out.append((token_id, float(value)))
-    return tuple(out)
+    out = tuple((int(key), float(value)) for key, value in (bias or {}).items())
+    check_token_ids((token_id for token_id, _ in out), vocab_size, "logit_bias")
+    return out
 
 
 def build_sampling(
