@@ -5,6 +5,8 @@
   $LEMUR_CACHE (default ~/.cache/lemur).
 - `lemur train {recipe,pretrain,sft,export} ...`: Lemur's training recipe.
 - `lemur init-model [--out DIR]`: the tiny untrained checkpoint (tests, demos).
+- `lemur plan [MODEL] --gpu GPU --tensor-parallel-size N ...`: sizing arithmetic
+  for a vLLM deployment (server/plan.py).
 """
 
 from __future__ import annotations
@@ -209,12 +211,19 @@ def init_model(argv: list[str]) -> int:
     return main(argv)
 
 
+def plan(argv: list[str]) -> int:
+    from server.plan import main
+
+    return main(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (serve, "serve a model behind the OpenAI-compatible gateway"),
     "bench": (bench, "load-test an OpenAI-compatible endpoint (and `bench compare A.json B.json`)"),
     "train": (train, "Lemur's training recipe: pretrain, sft, export, recipe"),
     "hash-key": (hash_key, "print the keys-file line of an API key read on stdin"),
     "init-model": (init_model, "build the tiny untrained Lemur-format demo checkpoint"),
+    "plan": (plan, "size a deployment: weights and KV cache per GPU, capacity, decode lower bound"),
 }
 
 
