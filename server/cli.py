@@ -72,6 +72,13 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         default="vllm",
         help="vllm (default), or mock: no model, tokens at a fixed rate, to load-test the gateway alone",
     )
+    g.add_argument(
+        "--kernels",
+        choices=["vllm", "triton"],
+        default=None,
+        help="vllm: vLLM's own ops (default); triton: Lemur's Triton RMSNorm, SiLU-and-mul and rotary "
+        "(torch twins on a CPU without TRITON_INTERPRET=1). Same as env LEMUR_KERNELS.",
+    )
     g.add_argument("--mock-tokens-per-s", type=float, default=50.0, help="mock engine: tokens/s per sequence")
     g.add_argument("--mock-ttft-ms", type=float, default=0.0, help="mock engine: time to the first token")
     g.add_argument("--no-warmup", action="store_true", help="be ready without serving a warm-up request")
@@ -129,6 +136,9 @@ def serve(argv: list[str]) -> int:
     from server.engine import Engine
     from server.lifecycle import GatewayServer
 
+    if ns.kernels is not None:
+        # Read by kernels.vllm_plugin in every vLLM process (they inherit the environment).
+        os.environ["LEMUR_KERNELS"] = ns.kernels
     engine_args = vllm_engine.engine_args_from_namespace(ns)
     config = GatewayConfig(
         host=ns.host,

@@ -55,16 +55,20 @@ class LiveServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(checkpoint: Path, log_path: Path, extra: list[str], timeout: float = 300) -> LiveServer:
+def start_server(
+    checkpoint: Path, log_path: Path, extra: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> LiveServer:
     port = free_port()
     cmd = [
         sys.executable, "-m", "server", "serve", str(checkpoint),
         "--host", "127.0.0.1", "--port", str(port),
         "--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN), *extra,
     ]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    # The kernel tests set TRITON_INTERPRET in this process; servers get it only when asked.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LEMUR_KERNELS")}
+    full_env = {**inherited, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     log = log_path.open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = LiveServer(f"http://127.0.0.1:{port}", API_KEY, proc, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,126 @@
+"""Ahead-of-time compile of every kernel for real GPUs, without a GPU.
+
+The interpreter that runs the kernel tests on CPU accepts code that the GPU
+compiler rejects (a `tl.dot` with a dimension under 16, a layout the backend
+cannot lower, too much shared memory). This compiles each kernel to a cubin for
+sm_80 (A100) and sm_90 (H100/H200) at lemur-70b-chat's shapes per GPU for
+tensor parallel 4 and 8, with the exact meta-parameters the launchers choose.
+
+    python -m kernels.aot --arch 80 --arch 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+FLOAT_ARGS = {"eps", "qk_scale"}  # scalar arguments passed as Python floats
+LEMUR_70B = {"hidden": 8192, "intermediate": 28672, "heads": 64, "kv_heads": 8, "head_dim": 128}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One specialisation of one kernel: what `triton.compile` needs."""
+
+    label: str
+    fn: Any  # triton.JITFunction
+    dtype: torch.dtype
+    constexprs: dict[str, Any]
+    num_warps: int = 4
+    pointer_types: dict[str, str] = field(default_factory=dict)  # pointer arg -> element type, default: dtype
+    int64_args: frozenset[str] = frozenset()
+
+    def signature(self) -> dict[str, str]:
+        sig = {}
+        for name in self.fn.arg_names:
+            if name in self.constexprs:
+                sig[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                sig[name] = "*" + self.pointer_types.get(name, TRITON_TYPES[self.dtype])
+            elif name in FLOAT_ARGS:
+                sig[name] = "fp32"
+            else:
+                sig[name] = "i64" if name in self.int64_args else "i32"
+        return sig
+
+
+def lemur_70b_specs() -> Iterator[KernelSpec]:
+    from kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
+
+    m = LEMUR_70B
+    for dtype in (torch.float16, torch.bfloat16):
+        name = TRITON_TYPES[dtype]
+        cfg = rmsnorm.rmsnorm_config(m["hidden"])
+        warps = cfg.pop("num_warps")
+        for has_res in (False, True):
+            yield KernelSpec(f"rmsnorm[{name},residual={has_res}]", rmsnorm._rmsnorm_kernel, dtype,
+                             {**cfg, "HAS_RESIDUAL": has_res}, warps)  # fmt: skip
+        for tp in (4, 8):
+            cfg = activation.silu_and_mul_config(m["intermediate"] // tp)
+            warps = cfg.pop("num_warps")
+            yield KernelSpec(f"silu_and_mul[{name},tp={tp}]", activation._silu_and_mul_kernel, dtype, cfg, warps)
+            q_heads, kv_heads = m["heads"] // tp, m["kv_heads"] // tp
+            cfg = rotary.rotary_config(q_heads, kv_heads, m["head_dim"])
+            warps = cfg.pop("num_warps")
+            yield KernelSpec(f"rotary_neox[{name},tp={tp}]", rotary._rotary_neox_kernel, dtype,
+                             {**cfg, "HAS_KEY": True}, warps, {"pos_ptr": "i64"})  # fmt: skip
+            cfg = kv_cache.write_kv_config(kv_heads, m["head_dim"])
+            warps = cfg.pop("num_warps")
+            yield KernelSpec(f"write_kv[{name},tp={tp}]", kv_cache._write_kv_kernel, dtype, cfg, warps,
+                             {"slot_ptr": "i64"})  # fmt: skip
+            cfg = paged_attention.decode_config(q_heads // kv_heads, m["head_dim"], dtype)
+            warps = cfg.pop("num_warps")
+            for split in (False, True):
+                ptrs = {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"}
+                if split:
+                    ptrs["out_ptr"] = "fp32"
+                yield KernelSpec(f"paged_decode[{name},tp={tp},split={split}]", paged_attention._paged_decode_kernel,
+                                 dtype, {**cfg, "PAGE": 16, "SPLIT": split}, warps, ptrs)  # fmt: skip
+        yield KernelSpec(f"merge_splits[{name}]", paged_attention._merge_splits_kernel, dtype,
+                         {"BLOCK_S": 16, "BLOCK_D": m["head_dim"]}, 4,
+                         {"partial_ptr": "fp32", "lse_ptr": "fp32"})  # fmt: skip
+
+
+def compile_spec(spec: KernelSpec, arch: int) -> Any:
+    """Compiles to a cubin for `sm_{arch}`; raises triton's CompilationError on GPU-only mistakes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(spec.fn, spec.signature(), constexprs=spec.constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 80 and 90)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET: the interpreter cannot compile kernels", file=sys.stderr)
+        return 2
+    failures = 0
+    for arch in args.arch or [80, 90]:
+        for spec in lemur_70b_specs():
+            t0 = time.perf_counter()
+            try:
+                kernel = compile_spec(spec, arch)
+            except Exception as e:  # report every failing kernel, not just the first
+                failures += 1
+                print(f"FAIL sm_{arch} {spec.label}: {type(e).__name__}: {e}")
+                continue
+            shared = kernel.metadata.shared
+            print(f"ok   sm_{arch} {spec.label}: {len(kernel.asm['cubin'])} B cubin, {shared} B shared memory, "
+                  f"{spec.num_warps} warps, {time.perf_counter() - t0:.2f} s")  # fmt: skip
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,311 @@
+"""Paged decode attention with grouped-query heads and a split-K variant.
+
+One new query token per sequence attends to that sequence's cached keys and
+values, which live in fixed-size pages (`block_size` tokens) found through
+`block_tables`:
+
+    query        (seqs, q_heads, head_dim)
+    key_cache    (num_blocks, block_size, kv_heads, head_dim)   (value_cache alike)
+    block_tables (seqs, max_blocks_per_seq) int32
+    seq_lens     (seqs,) int32, tokens cached per sequence (the new one included)
+
+Decode is memory bound: the whole KV history is read once per step. So one
+program handles one KV head and all `group = q_heads / kv_heads` query heads
+that share it (8 for lemur-70b): each K/V tile is loaded once and used by the
+whole group. The group is padded to 16 rows so both products are `tl.dot`s
+(tensor cores need M, N, K >= 16). Softmax is online (running max and sum, in
+base 2). With few sequences and long contexts a grid of `seqs x kv_heads`
+programs leaves most SMs idle, so the split-K variant (flash-decoding) also
+splits each sequence's tokens over `num_splits` programs, and a second small
+kernel merges their partial outputs by their log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, check_tensor, next_power_of_2
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    out_ptr,  # (seqs, q_heads, head_dim), or partials (seqs, q_heads, splits, head_dim) when SPLIT
+    lse_ptr,  # (seqs, q_heads, splits) fp32, written only when SPLIT
+    qk_scale,  # softmax scale * log2(e)
+    q_seq_stride,
+    q_head_stride,
+    k_block_stride,
+    k_tok_stride,
+    k_head_stride,
+    v_block_stride,
+    v_tok_stride,
+    v_head_stride,
+    bt_seq_stride,
+    out_seq_stride,
+    out_head_stride,
+    out_split_stride,
+    lse_seq_stride,
+    lse_head_stride,
+    head_dim,
+    group,
+    tokens_per_split,
+    PAGE: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    TILE_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    start = split * tokens_per_split
+    end = tl.minimum(seq_len, start + tokens_per_split)
+
+    hs = tl.arange(0, BLOCK_H)
+    ds = tl.arange(0, BLOCK_D)
+    h_mask = hs < group
+    d_mask = ds < head_dim
+    q_heads = kv_head * group + hs  # (BLOCK_H,)
+    q = tl.load(
+        q_ptr + seq * q_seq_stride + q_heads[:, None] * q_head_stride + ds[None, :],
+        mask=h_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )  # (BLOCK_H, BLOCK_D)
+    if FP32_DOT:
+        q = q.to(tl.float32)
+
+    m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)  # running max (log2 units)
+    l_sum = tl.zeros([BLOCK_H], dtype=tl.float32)  # running sum of exp2
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * bt_seq_stride
+    for tile_start in range(start, end, TILE_N):
+        toks = tile_start + tl.arange(0, TILE_N)
+        t_mask = toks < end
+        # A tile spans one or more pages (or part of one): look up each token's page.
+        pages = tl.load(bt_row + toks // PAGE, mask=t_mask, other=0).to(tl.int64)
+        slots = toks % PAGE
+        kv_mask = t_mask[:, None] & d_mask[None, :]
+        k = tl.load(
+            k_cache_ptr + pages[:, None] * k_block_stride + slots[:, None] * k_tok_stride
+            + kv_head * k_head_stride + ds[None, :],
+            mask=kv_mask, other=0.0,
+        )  # (TILE_N, BLOCK_D)  # fmt: skip
+        if FP32_DOT:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_H, TILE_N) fp32
+        qk = tl.where(t_mask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m, tl.max(qk, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_cache_ptr + pages[:, None] * v_block_stride + slots[:, None] * v_tok_stride
+            + kv_head * v_head_stride + ds[None, :],
+            mask=kv_mask, other=0.0,
+        )  # (TILE_N, BLOCK_D)  # fmt: skip
+        if FP32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m = m_new
+
+    # An empty split (start >= seq_len) leaves l_sum == 0: write zeros and lse -inf.
+    safe_l = tl.where(l_sum > 0, l_sum, 1.0)
+    out = acc / safe_l[:, None]
+    out_ptrs = out_ptr + seq * out_seq_stride + q_heads[:, None] * out_head_stride + ds[None, :]
+    if SPLIT:
+        out_ptrs += split * out_split_stride
+        lse = tl.where(l_sum > 0, m + tl.log2(safe_l), float("-inf"))
+        tl.store(lse_ptr + seq * lse_seq_stride + q_heads * lse_head_stride + split, lse, mask=h_mask)
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _merge_splits_kernel(
+    partial_ptr,  # (seqs, q_heads, splits, head_dim) fp32
+    lse_ptr,  # (seqs, q_heads, splits) fp32, log2 units
+    out_ptr,  # (seqs, q_heads, head_dim)
+    num_splits,
+    head_dim,
+    p_seq_stride,
+    p_head_stride,
+    p_split_stride,
+    lse_seq_stride,
+    lse_head_stride,
+    out_seq_stride,
+    out_head_stride,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    ss = tl.arange(0, BLOCK_S)
+    ds = tl.arange(0, BLOCK_D)
+    s_mask = ss < num_splits
+    lse = tl.load(lse_ptr + seq * lse_seq_stride + head * lse_head_stride + ss, mask=s_mask, other=float("-inf"))
+    lse_max = tl.max(lse, axis=0)
+    weights = tl.where(s_mask & (lse > float("-inf")), tl.exp2(lse - lse_max), 0.0)  # (BLOCK_S,)
+    parts = tl.load(
+        partial_ptr + seq * p_seq_stride + head * p_head_stride + ss[:, None] * p_split_stride + ds[None, :],
+        mask=s_mask[:, None] & (ds < head_dim)[None, :],
+        other=0.0,
+    )  # (BLOCK_S, BLOCK_D)
+    total = tl.sum(weights, axis=0)
+    out = tl.sum(parts * weights[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + seq * out_seq_stride + head * out_head_stride + ds, out.to(out_ptr.dtype.element_ty),
+             mask=ds < head_dim)  # fmt: skip
+
+
+def decode_config(group: int, head_dim: int, dtype: torch.dtype, tile_n: int = 64) -> dict[str, int | bool]:
+    """Meta-parameters of the decode kernel (shared with the AOT compile check).
+    The interpreter computes bf16 `tl.dot` wrongly (triton#11584), so there the
+    tiles are upcast to fp32 first; compiled kernels keep the input dtype."""
+    check(tile_n >= 16 and tile_n & (tile_n - 1) == 0, f"tile_n must be a power of two >= 16, got {tile_n}")
+    return {
+        "BLOCK_H": max(16, next_power_of_2(group)),
+        "BLOCK_D": max(16, next_power_of_2(head_dim)),
+        "TILE_N": tile_n,
+        "FP32_DOT": INTERPRET and dtype == torch.bfloat16,
+        "num_warps": 4,
+    }
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8  # the interpreter: any small number exercises the same code
+
+
+def choose_num_splits(num_seqs: int, kv_heads: int, max_seq_len: int, device: torch.device, tile_n: int = 64) -> int:
+    """Split only when `seqs x kv_heads` programs cannot fill the GPU twice over,
+    and never below 4 tiles of work per split."""
+    programs = num_seqs * kv_heads
+    sms = _sm_count(device)
+    if programs >= 2 * sms:
+        return 1
+    by_occupancy = math.ceil(2 * sms / programs)
+    by_length = max(1, max_seq_len // (4 * tile_n))
+    return max(1, min(by_occupancy, by_length, 64))
+
+
+def paged_decode_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float | None = None,
+    *,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    tile_n: int = 64,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention output `(seqs, q_heads, head_dim)`. `num_splits=None` picks
+    split-K automatically (1 = the single-pass kernel); `max_seq_len` saves a
+    device sync when the caller knows it."""
+    check_tensor("query", query, ndim=3)
+    check_tensor("key_cache", key_cache, ndim=4)
+    check_tensor("value_cache", value_cache, ndim=4)
+    check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES)
+    check_tensor("seq_lens", seq_lens, ndim=1, dtypes=INDEX_DTYPES)
+    check_same_device(query=query, key_cache=key_cache, value_cache=value_cache,
+                      block_tables=block_tables, seq_lens=seq_lens)  # fmt: skip
+    seqs, q_heads, head_dim = query.shape
+    _, page, kv_heads, cache_head_dim = key_cache.shape
+    check(key_cache.shape == value_cache.shape,
+          f"key_cache {tuple(key_cache.shape)} and value_cache {tuple(value_cache.shape)} differ")  # fmt: skip
+    check(cache_head_dim == head_dim, f"cache head_dim {cache_head_dim} != query head_dim {head_dim}")
+    check(key_cache.dtype == value_cache.dtype == query.dtype,
+          f"query, key_cache and value_cache dtypes must match, got {query.dtype}, {key_cache.dtype}, "
+          f"{value_cache.dtype}")  # fmt: skip
+    check(kv_heads > 0 and q_heads % kv_heads == 0, f"q_heads {q_heads} is not a multiple of kv_heads {kv_heads}")
+    rows = (block_tables.shape[0], seq_lens.shape[0])
+    check(rows == (seqs, seqs), f"block_tables and seq_lens have {rows} rows for {seqs} queries")
+    check(query.stride(2) == 1 and key_cache.stride(3) == 1 and value_cache.stride(3) == 1,
+          "head_dim must be contiguous in query and caches")  # fmt: skip
+    group = q_heads // kv_heads
+    scale = head_dim**-0.5 if scale is None else scale
+    if out is None:
+        out = torch.empty_like(query)
+    check(out.shape == query.shape and out.dtype == query.dtype and out.stride(2) == 1,
+          "out must match query's shape and dtype")  # fmt: skip
+    if seqs == 0:
+        return out
+    if max_seq_len is None:
+        max_seq_len = int(seq_lens.max().item())
+    check(max_seq_len <= block_tables.shape[1] * page,
+          f"max_seq_len {max_seq_len} exceeds the block table's {block_tables.shape[1]} pages of {page}")  # fmt: skip
+    cfg = decode_config(group, head_dim, query.dtype, tile_n)
+    splits = choose_num_splits(seqs, kv_heads, max_seq_len, query.device, tile_n) if num_splits is None else num_splits
+    check(splits >= 1, f"num_splits must be >= 1, got {splits}")
+    tokens_per_split = triton.cdiv(triton.cdiv(max(max_seq_len, 1), splits), tile_n) * tile_n
+
+    common = (
+        query.stride(0), query.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_tables.stride(0),
+    )  # fmt: skip
+    if splits == 1:
+        _paged_decode_kernel[(seqs, kv_heads, 1)](
+            query, key_cache, value_cache, block_tables, seq_lens, out, out, scale * LOG2E,
+            *common, out.stride(0), out.stride(1), 0, 0, 0,
+            head_dim, group, tokens_per_split, PAGE=page, SPLIT=False, **cfg,
+        )  # fmt: skip
+        return out
+
+    partial = torch.empty((seqs, q_heads, splits, head_dim), dtype=torch.float32, device=query.device)
+    lse = torch.empty((seqs, q_heads, splits), dtype=torch.float32, device=query.device)
+    _paged_decode_kernel[(seqs, kv_heads, splits)](
+        query, key_cache, value_cache, block_tables, seq_lens, partial, lse, scale * LOG2E,
+        *common, partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
+        head_dim, group, tokens_per_split, PAGE=page, SPLIT=True, **cfg,
+    )  # fmt: skip
+    _merge_splits_kernel[(seqs, q_heads)](
+        partial, lse, out, splits, head_dim,
+        partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1),
+        BLOCK_S=next_power_of_2(splits), BLOCK_D=next_power_of_2(head_dim),
+    )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- torch twin
+
+
+def paged_decode_attention_reference(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Gathers every sequence's pages, then plain masked softmax attention in fp32."""
+    _, q_heads, head_dim = query.shape
+    kv_heads = key_cache.shape[2]
+    scale = head_dim**-0.5 if scale is None else scale
+    group = q_heads // kv_heads
+    k = key_cache[block_tables.long()].flatten(1, 2).float()  # (S, max_blocks * page, Hkv, D)
+    v = value_cache[block_tables.long()].flatten(1, 2).float()
+    k = k.repeat_interleave(group, dim=2)  # (S, N, Hq, D)
+    v = v.repeat_interleave(group, dim=2)
+    scores = torch.einsum("shd,snhd->shn", query.float(), k) * scale  # (S, Hq, N)
+    positions = torch.arange(k.shape[1], device=query.device)
+    scores = scores.masked_fill((positions[None, :] >= seq_lens[:, None].long())[:, None, :], float("-inf"))
+    out = torch.einsum("shn,snhd->shd", scores.softmax(dim=-1), v)
+    return out.to(query.dtype)
