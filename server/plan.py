@@ -5,7 +5,7 @@ Everything here is arithmetic on the model's shape and the GPU's datasheet:
 weights per GPU, KV-cache bytes per token, how many tokens (and full-length
 sequences) the KV cache holds, and a roofline lower bound for one decode step
 (every weight byte and every KV byte of the batch read once from HBM). Real
-engines land above the bound; docs/deployment-sizing.md compares it with
+engines land above the bound; docs/sizing.md compares it with
 published 70B measurements.
 """
 
