@@ -87,6 +87,12 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
         yield KernelSpec(f"merge_splits[{name}]", paged_attention._merge_splits_kernel, dtype,
                          {"BLOCK_S": 16, "BLOCK_D": m["head_dim"]}, 4,
                          {"partial_ptr": "fp32", "lse_ptr": "fp32"})  # fmt: skip
+    # fp32 serving is rare, but the fp32 path uses IEEE products (not TF32): it must compile too.
+    cfg = paged_attention.decode_config(8, m["head_dim"], torch.float32)
+    warps = cfg.pop("num_warps")
+    yield KernelSpec("paged_decode[fp32,tp=8,split=False]", paged_attention._paged_decode_kernel, torch.float32,
+                     {**cfg, "PAGE": 16, "SPLIT": False}, warps,
+                     {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"})  # fmt: skip
 
 
 def compile_spec(spec: KernelSpec, arch: int) -> Any:

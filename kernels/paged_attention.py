@@ -66,6 +66,7 @@ def _paged_decode_kernel(
     TILE_N: tl.constexpr,
     SPLIT: tl.constexpr,
     FP32_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -105,7 +106,7 @@ def _paged_decode_kernel(
         )  # (TILE_N, BLOCK_D)  # fmt: skip
         if FP32_DOT:
             k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_H, TILE_N) fp32
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_H, TILE_N) fp32
         qk = tl.where(t_mask[None, :], qk, float("-inf"))
         m_new = tl.maximum(m, tl.max(qk, axis=1))
         alpha = tl.exp2(m - m_new)
@@ -117,7 +118,7 @@ def _paged_decode_kernel(
             mask=kv_mask, other=0.0,
         )  # (TILE_N, BLOCK_D)  # fmt: skip
         if FP32_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=DOT_PRECISION)
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m = m_new
@@ -172,13 +173,16 @@ def _merge_splits_kernel(
 def decode_config(group: int, head_dim: int, dtype: torch.dtype, tile_n: int = 64) -> dict[str, int | bool]:
     """Meta-parameters of the decode kernel (shared with the AOT compile check).
     The interpreter computes bf16 `tl.dot` wrongly (triton#11584), so there the
-    tiles are upcast to fp32 first; compiled kernels keep the input dtype."""
+    tiles are upcast to fp32 first; compiled kernels keep the input dtype. fp32
+    inputs get IEEE products: a GPU's default for fp32 `tl.dot` is TF32 (10-bit
+    mantissa), far from fp32 accuracy."""
     check(tile_n >= 16 and tile_n & (tile_n - 1) == 0, f"tile_n must be a power of two >= 16, got {tile_n}")
     return {
         "BLOCK_H": max(16, next_power_of_2(group)),
         "BLOCK_D": max(16, next_power_of_2(head_dim)),
         "TILE_N": tile_n,
         "FP32_DOT": INTERPRET and dtype == torch.bfloat16,
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16) else "tf32",
         "num_warps": 4,
     }
 

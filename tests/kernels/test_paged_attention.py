@@ -92,7 +92,9 @@ def test_interpreter_bf16_dot_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the fp32 upcast the interpreter gets bf16 attention wrong. If Triton
     fixes it, this fails (strict) and the workaround in decode_config can go."""
     config = pa.decode_config
-    monkeypatch.setattr(pa, "decode_config", lambda *a, **k: {**config(*a, **k), "FP32_DOT": False})
+    monkeypatch.setattr(
+        pa, "decode_config", lambda *a, **k: {**config(*a, **k), "FP32_DOT": False, "DOT_PRECISION": "tf32"}
+    )
     q, kc, vc, tables, lens = make_case([57, 96], 6, 2, 32, 16, torch.bfloat16)
     expected = pa.paged_decode_attention_reference(q, kc, vc, tables, lens)
     assert_close(pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=1, tile_n=16), expected, torch.bfloat16)
