@@ -4,8 +4,8 @@
 model asks for the originals. They override the CUDA and CPU paths; on a CPU
 without the Triton interpreter they run the torch twins (so the plugin never
 breaks a CPU server). Cases our kernels don't cover (a norm without weight, a
-variance over part of the hidden size, GPT-J-style rotary, no key) go to
-vLLM's own implementation. The ops are enabled even where vLLM's graph mode
+variance over part of the hidden size, a fused norm on strided tensors, GPT-J-style
+rotary, no key) go to vLLM's own implementation. The ops are enabled even where vLLM's graph mode
 would turn custom ops off: the user asked for them by name.
 """
 
@@ -39,7 +39,8 @@ class LemurRMSNorm(RMSNorm):
     def forward_cuda(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.variance_size_override is not None or not self.has_weight:
+        in_place_ok = residual is None or (x.is_contiguous() and residual.is_contiguous())
+        if self.variance_size_override is not None or not self.has_weight or not in_place_ok:
             return self.forward_native(x, residual)
         _announce("RMSNorm", x)
         if residual is None:
