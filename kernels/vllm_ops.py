@@ -25,8 +25,10 @@ _announced: set[str] = set()
 
 
 def _announce(op: str, t: torch.Tensor) -> None:
-    """One log line per op and process, at its first call: proof of use."""
-    if op not in _announced:
+    """One log line per op and process, at its first eager call: proof of use.
+    Skipped while torch.compile traces (Dynamo cannot trace a logging call, and
+    vLLM compiles with fullgraph=True)."""
+    if op not in _announced and not torch.compiler.is_compiling():
         _announced.add(op)
         logger.info("lemur kernels: %s runs on %s (%s)", op, ops.backend_for(t), t.dtype)
 
