@@ -51,7 +51,7 @@ class Row:
     pct_copy: float
     vs_torch: float | None  # torch time / our time (> 1: ours is faster)
     vs_vllm: float | None
-    max_err: float
+    max_err: float | None  # None: the twin did not fit in memory for this shape
 
 
 def bench(fn: Callable[[], object], device: torch.device) -> float:
@@ -92,7 +92,7 @@ class Runner:
     def __init__(self, device: torch.device, copy_gbps: float) -> None:
         self.device, self.copy_gbps, self.rows = device, copy_gbps, []
 
-    def add(self, op: str, shape: str, nbytes: int, err: float, ours: Callable[[], object],
+    def add(self, op: str, shape: str, nbytes: int, err: float | None, ours: Callable[[], object],
             twin: Callable[[], object] | None, vllm: Callable[[], object] | None) -> None:  # fmt: skip
         """`err`: max |ours - twin| from a check on fresh inputs (in-place ops
         change their inputs, so the timed closures cannot be compared)."""
@@ -227,7 +227,7 @@ def decode_cases(r: Runner, batches: list[int], contexts: list[int], tps: list[i
                     fa = partial(flash_attn_with_kvcache, q.unsqueeze(1), kcache, vcache, cache_seqlens=lens,
                                  block_table=tables, causal=True)  # fmt: skip
                 ours = partial(paged_attention.paged_decode_attention, *args, max_seq_len=ctx, out=out)
-                err = checked("paged_decode", ours(), twin()) if twin is not None else float("nan")
+                err = checked("paged_decode", ours(), twin()) if twin is not None else None
                 r.add("paged_decode", f"B={b} ctx={ctx} Hq={hq} Hkv={hk} (TP{tp})", nbytes, err, ours, twin, fa)
                 del kcache, vcache
 
@@ -238,7 +238,7 @@ def fmt(x: float | None, spec: str) -> str:
 
 def format_row(row: Row) -> str:
     return (f"| {row.op} | {row.shape} | {row.ms * 1e3:.1f} | {row.gbps:.0f} | {row.pct_copy:.0f} % | "
-            f"{fmt(row.vs_torch, '.2f')} | {fmt(row.vs_vllm, '.2f')} | {row.max_err:.1e} |")  # fmt: skip
+            f"{fmt(row.vs_torch, '.2f')} | {fmt(row.vs_vllm, '.2f')} | {fmt(row.max_err, '.1e')} |")  # fmt: skip
 
 
 def goal_lines(rows: list[Row]) -> list[str]:

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 FLOAT_ARGS = {"eps", "qk_scale"}  # scalar arguments passed as Python floats
+# Integer arguments that are multiples of 16 at lemur-70b's shapes (head counts per GPU are not).
+ALIGNED_INTS = {"n_cols", "d", "half", "head_dim", "block_size", "tokens_per_split", "max_tokens"}
 LEMUR_70B = {"hidden": 8192, "intermediate": 28672, "heads": 64, "kv_heads": 8, "head_dim": 128}
 
 
@@ -37,6 +43,21 @@ class KernelSpec:
     num_warps: int = 4
     pointer_types: dict[str, str] = field(default_factory=dict)  # pointer arg -> element type, default: dtype
     int64_args: frozenset[str] = frozenset()
+    num_stages: int = 3
+
+    def divisibility(self) -> dict[tuple[int, ...], list[list[Any]]]:
+        """The hints Triton derives at run time for arguments divisible by 16:
+        every pointer (torch allocations and lemur-70b's column views are
+        16-byte aligned) and the strides and sizes that are multiples of 16 at
+        lemur-70b's shapes. Without them the compiled code is not the one that
+        runs (no vectorised or asynchronous copies, other register use)."""
+        hinted = []
+        for i, name in enumerate(self.fn.arg_names):
+            if name in self.constexprs:
+                continue
+            if name.endswith("_ptr") or name in ALIGNED_INTS or ("stride" in name and not name.startswith("lse_")):
+                hinted.append(i)
+        return {(i,): [["tt.divisibility", 16]] for i in hinted}
 
     def signature(self) -> dict[str, str]:
         sig = {}
@@ -77,22 +98,25 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
             yield KernelSpec(f"write_kv[{name},tp={tp}]", kv_cache._write_kv_kernel, dtype, cfg, warps,
                              {"slot_ptr": "i64"})  # fmt: skip
             cfg = paged_attention.decode_config(q_heads // kv_heads, m["head_dim"], dtype)
-            warps = cfg.pop("num_warps")
+            warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
             for split in (False, True):
                 ptrs = {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"}
                 if split:
                     ptrs["out_ptr"] = "fp32"
-                yield KernelSpec(f"paged_decode[{name},tp={tp},split={split}]", paged_attention._paged_decode_kernel,
-                                 dtype, {**cfg, "PAGE": 16, "SPLIT": split}, warps, ptrs)  # fmt: skip
-        yield KernelSpec(f"merge_splits[{name}]", paged_attention._merge_splits_kernel, dtype,
-                         {"BLOCK_S": 16, "BLOCK_D": m["head_dim"]}, 4,
-                         {"partial_ptr": "fp32", "lse_ptr": "fp32"})  # fmt: skip
+                label = f"paged_decode[{name},tp={tp},split={split}]"
+                yield KernelSpec(label, paged_attention._paged_decode_kernel, dtype,
+                                 {**cfg, "PAGE": 16, "SPLIT": split}, warps, ptrs, num_stages=stages)  # fmt: skip
+        for block_s in (2, 16, paged_attention.MAX_SPLITS):
+            yield KernelSpec(f"merge_splits[{name},splits<={block_s}]", paged_attention._merge_splits_kernel, dtype,
+                             {"BLOCK_S": block_s, "BLOCK_D": m["head_dim"]}, 4,
+                             {"partial_ptr": "fp32", "lse_ptr": "fp32"})  # fmt: skip
     # fp32 serving is rare, but the fp32 path uses IEEE products (not TF32): it must compile too.
     cfg = paged_attention.decode_config(8, m["head_dim"], torch.float32)
-    warps = cfg.pop("num_warps")
+    warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
     yield KernelSpec("paged_decode[fp32,tp=8,split=False]", paged_attention._paged_decode_kernel, torch.float32,
                      {**cfg, "PAGE": 16, "SPLIT": False}, warps,
-                     {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"})  # fmt: skip
+                     {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"},
+                     num_stages=stages)  # fmt: skip
 
 
 def compile_spec(spec: KernelSpec, arch: int) -> Any:
@@ -101,8 +125,23 @@ def compile_spec(spec: KernelSpec, arch: int) -> Any:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(spec.fn, spec.signature(), constexprs=spec.constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps})
+    src = ASTSource(spec.fn, spec.signature(), constexprs=spec.constexprs, attrs=spec.divisibility())
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """Registers, spill stack and local memory per thread, from the cuobjdump that ships with Triton."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {key.lower(): int(value) for key, value in usage.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
                 print(f"FAIL sm_{arch} {spec.label}: {type(e).__name__}: {e}")
                 continue
-            shared = kernel.metadata.shared
-            print(f"ok   sm_{arch} {spec.label}: {len(kernel.asm['cubin'])} B cubin, {shared} B shared memory, "
-                  f"{spec.num_warps} warps, {time.perf_counter() - t0:.2f} s")  # fmt: skip
+            usage = resource_usage(kernel.asm["cubin"])
+            spilled = usage.get("stack", 0) + usage.get("local", 0)
+            status = "ok  " if spilled == 0 else "SPILL"
+            failures += spilled > 0  # spills to local memory: a tile too big for the registers
+            print(f"{status} sm_{arch} {spec.label}: {usage.get('reg')} registers, {spilled} B spilled, "
+                  f"{kernel.metadata.shared} B shared memory, {spec.num_warps} warps x {spec.num_stages} stages, "
+                  f"{time.perf_counter() - t0:.2f} s")  # fmt: skip
     return 1 if failures else 0
 
 

@@ -22,8 +22,6 @@ kernel merges their partial outputs by their log-sum-exp.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -31,6 +29,9 @@ import triton.language as tl
 from kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, check_tensor, next_power_of_2
 
 LOG2E = 1.4426950408889634
+CTAS_PER_SM = 3  # resident decode programs per SM on sm_90 at 4 warps, 5 stages (registers, shared memory)
+MIN_TILES_PER_SPLIT = 4
+MAX_SPLITS = 64
 
 
 @triton.jit
@@ -60,6 +61,8 @@ def _paged_decode_kernel(
     head_dim,
     group,
     tokens_per_split,
+    num_splits,
+    max_tokens,  # block-table width x page size: nothing past it is ever read
     PAGE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -73,7 +76,10 @@ def _paged_decode_kernel(
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     start = split * tokens_per_split
-    end = tl.minimum(seq_len, start + tokens_per_split)
+    # The last split runs to the sequence's end whatever the caller's max_seq_len
+    # said, so an understated max_seq_len costs balance, never tokens.
+    end = tl.where(split == num_splits - 1, seq_len, tl.minimum(seq_len, start + tokens_per_split))
+    end = tl.minimum(end, max_tokens)
 
     hs = tl.arange(0, BLOCK_H)
     ds = tl.arange(0, BLOCK_D)
@@ -184,6 +190,9 @@ def decode_config(group: int, head_dim: int, dtype: torch.dtype, tile_n: int = 6
         "FP32_DOT": INTERPRET and dtype == torch.bfloat16,
         "DOT_PRECISION": "ieee" if dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16) else "tf32",
         "num_warps": 4,
+        # 5 stages: the page-table lookup takes one pipeline stage, and K/V need two
+        # more to be double-buffered (with 3, each tile is awaited before any math).
+        "num_stages": 5,
     }
 
 
@@ -193,16 +202,32 @@ def _sm_count(device: torch.device) -> int:
     return 8  # the interpreter: any small number exercises the same code
 
 
-def choose_num_splits(num_seqs: int, kv_heads: int, max_seq_len: int, device: torch.device, tile_n: int = 64) -> int:
-    """Split only when `seqs x kv_heads` programs cannot fill the GPU twice over,
-    and never below 4 tiles of work per split."""
-    programs = num_seqs * kv_heads
-    sms = _sm_count(device)
-    if programs >= 2 * sms:
-        return 1
-    by_occupancy = math.ceil(2 * sms / programs)
-    by_length = max(1, max_seq_len // (4 * tile_n))
-    return max(1, min(by_occupancy, by_length, 64))
+def choose_num_splits(
+    num_seqs: int, kv_heads: int, max_seq_len: int, device: torch.device, tile_n: int = 64, sms: int | None = None
+) -> int:
+    """Splits per sequence from a small cost model: a grid of `seqs x kv_heads x
+    splits` programs runs in waves of `sms x CTAS_PER_SM`; a wave lasts as long
+    as one program's share of the tiles; a merge costs about one tile-wave. It
+    spreads few long sequences over the GPU and avoids a last, mostly idle wave.
+    At least MIN_TILES_PER_SPLIT tiles per split, and no split left empty."""
+    sms = _sm_count(device) if sms is None else sms
+    slots = sms * CTAS_PER_SM
+    programs = max(1, num_seqs * kv_heads)
+    tiles = triton.cdiv(max(max_seq_len, 1), tile_n)
+    if programs >= 4 * slots:
+        return 1  # four or more full waves already: the last one's idle share is small
+
+    def cost(splits: int) -> int:
+        return triton.cdiv(programs * splits, slots) * triton.cdiv(tiles, splits) + (splits > 1)
+
+    candidates = range(1, max(1, min(MAX_SPLITS, tiles // MIN_TILES_PER_SPLIT)) + 1)
+    best = min(candidates, key=lambda s: (cost(s), s))
+    return balanced_splits(tiles, best)
+
+
+def balanced_splits(tiles: int, splits: int) -> int:
+    """Drops splits that would get no tiles: 9 splits of 64 tiles need only 8 of 8."""
+    return triton.cdiv(tiles, triton.cdiv(tiles, max(1, splits)))
 
 
 def paged_decode_attention(
@@ -256,7 +281,10 @@ def paged_decode_attention(
     cfg = decode_config(group, head_dim, query.dtype, tile_n)
     splits = choose_num_splits(seqs, kv_heads, max_seq_len, query.device, tile_n) if num_splits is None else num_splits
     check(splits >= 1, f"num_splits must be >= 1, got {splits}")
-    tokens_per_split = triton.cdiv(triton.cdiv(max(max_seq_len, 1), splits), tile_n) * tile_n
+    tiles = triton.cdiv(max(max_seq_len, 1), tile_n)
+    splits = balanced_splits(tiles, splits)
+    tokens_per_split = triton.cdiv(tiles, splits) * tile_n
+    max_tokens = block_tables.shape[1] * page
 
     common = (
         query.stride(0), query.stride(1),
@@ -268,7 +296,7 @@ def paged_decode_attention(
         _paged_decode_kernel[(seqs, kv_heads, 1)](
             query, key_cache, value_cache, block_tables, seq_lens, out, out, scale * LOG2E,
             *common, out.stride(0), out.stride(1), 0, 0, 0,
-            head_dim, group, tokens_per_split, PAGE=page, SPLIT=False, **cfg,
+            head_dim, group, tokens_per_split, 1, max_tokens, PAGE=page, SPLIT=False, **cfg,
         )  # fmt: skip
         return out
 
@@ -277,7 +305,7 @@ def paged_decode_attention(
     _paged_decode_kernel[(seqs, kv_heads, splits)](
         query, key_cache, value_cache, block_tables, seq_lens, partial, lse, scale * LOG2E,
         *common, partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        head_dim, group, tokens_per_split, PAGE=page, SPLIT=True, **cfg,
+        head_dim, group, tokens_per_split, splits, max_tokens, PAGE=page, SPLIT=True, **cfg,
     )  # fmt: skip
     _merge_splits_kernel[(seqs, q_heads)](
         partial, lse, out, splits, head_dim,
@@ -308,8 +336,13 @@ def paged_decode_attention_reference(
     v = value_cache[block_tables.long()].flatten(1, 2).float()
     k = k.repeat_interleave(group, dim=2)  # (S, N, Hq, D)
     v = v.repeat_interleave(group, dim=2)
-    scores = torch.einsum("shd,snhd->shn", query.float(), k) * scale  # (S, Hq, N)
     positions = torch.arange(k.shape[1], device=query.device)
-    scores = scores.masked_fill((positions[None, :] >= seq_lens[:, None].long())[:, None, :], float("-inf"))
-    out = torch.einsum("shn,snhd->shd", scores.softmax(dim=-1), v)
+    valid = positions[None, :] < seq_lens[:, None].long()  # (S, N)
+    # Whatever lies past a sequence's end (stale or NaN pages) must not leak in.
+    k = torch.where(valid[:, :, None, None], k, 0.0)
+    v = torch.where(valid[:, :, None, None], v, 0.0)
+    scores = torch.einsum("shd,snhd->shn", query.float(), k) * scale  # (S, Hq, N)
+    scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    probs = torch.nan_to_num(scores.softmax(dim=-1), nan=0.0)  # an empty sequence attends to nothing: 0
+    out = torch.einsum("shn,snhd->shd", probs, v)
     return out.to(query.dtype)
