@@ -108,7 +108,25 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def select_kernels(argv: list[str]) -> None:
+    """`--kernels` goes into the environment before vllm is imported: vLLM loads
+    its plugins (ours reads LEMUR_KERNELS) as soon as it builds its parser, and
+    every engine process inherits the variable. A bad value stops here."""
+    from kernels.vllm_plugin import CHOICES, ENV_VAR, requested
+
+    pre = argparse.ArgumentParser(prog="lemur serve", add_help=False)
+    pre.add_argument("--kernels", choices=CHOICES, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.kernels is not None:
+        os.environ[ENV_VAR] = known.kernels
+    try:
+        requested()
+    except ValueError as e:
+        pre.error(str(e))
+
+
 def serve(argv: list[str]) -> int:
+    select_kernels(argv)
     # Only the engine adapter imports vllm; its parser carries every vLLM flag.
     from server.engine import vllm_engine
 
@@ -136,9 +154,6 @@ def serve(argv: list[str]) -> int:
     from server.engine import Engine
     from server.lifecycle import GatewayServer
 
-    if ns.kernels is not None:
-        # Read by kernels.vllm_plugin in every vLLM process (they inherit the environment).
-        os.environ["LEMUR_KERNELS"] = ns.kernels
     engine_args = vllm_engine.engine_args_from_namespace(ns)
     config = GatewayConfig(
         host=ns.host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,5 +51,19 @@ def test_serve_help_has_vllm_and_gateway_flags() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in ("--tensor-parallel-size", "--max-model-len", "--dtype", "--gpu-memory-utilization",
                  "--quantization", "--enforce-eager", "--served-model-name",
-                 "--host", "--port", "--api-key", "--chat-template"):  # fmt: skip
+                 "--host", "--port", "--api-key", "--chat-template", "--kernels"):  # fmt: skip
         assert flag in out.stdout, flag
+
+
+def test_kernels_choice_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    """A bad LEMUR_KERNELS is refused up front
+    (else every vLLM process would fail loading the plugin, after a model load)."""
+    env = {**os.environ, "LEMUR_KERNELS": "tritonn"}
+    bad = subprocess.run([sys.executable, "-m", "server", "serve", str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2
+    assert "LEMUR_KERNELS='tritonn': expected one of vllm, triton" in bad.stderr
+    plugin = subprocess.run([sys.executable, "-c", "from importlib.metadata import entry_points;"
+                             "print([e.value for e in entry_points(group='vllm.general_plugins')])"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert "kernels.vllm_plugin:register" in plugin.stdout
