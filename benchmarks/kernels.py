@@ -55,7 +55,10 @@ class Row:
 
 
 def bench(fn: Callable[[], object], device: torch.device) -> float:
-    """Median milliseconds per call."""
+    """Median milliseconds per call. On a GPU, `do_bench` clears the L2 cache
+    before every call, so bandwidth is HBM's, not L2's (50 MB on an H100 holds
+    the whole KV cache of the smaller shapes); the price is that launch overhead
+    is included, which matters only for the microsecond-sized cases."""
     if device.type == "cuda":
         import triton.testing
 
