@@ -11,6 +11,10 @@
 # at start (deploy/docker/entrypoint.sh); HF_HUB_OFFLINE=1 forbids the download.
 # The CUDA runtime libraries come with the torch wheels; the host needs the
 # NVIDIA driver and container toolkit. CPU image: deploy/docker/cpu.Dockerfile.
+# No NVIDIA_VISIBLE_DEVICES here: `--gpus` or the device plugin sets it, and an
+# init container that asks for no GPU must see none. VLLM_USE_FLASHINFER_SAMPLER=0:
+# FlashInfer's sampler is compiled at start with nvcc, which this slim image lacks;
+# vLLM's own top-k/top-p sampler runs instead.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -50,14 +54,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     LEMUR_PORT=8000 \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1 \
-    NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    VLLM_USE_FLASHINFER_SAMPLER=0
 USER 10001:10001
 WORKDIR /home/lemur
 VOLUME ["/models"]
 EXPOSE 8000
-# A 70B model takes minutes to load: unhealthy only after 20 minutes of failures.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=20m --retries=3 CMD ["lemur-entrypoint", "healthcheck"]
+# A 70B model takes minutes to load: unhealthy only after 40 minutes of failures.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=40m --retries=3 CMD ["lemur-entrypoint", "healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "lemur-entrypoint"]
 CMD ["serve"]

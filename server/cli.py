@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from server.config import DEFAULT_HOST, DEFAULT_PORT, GatewayConfig
+from server.config import DEFAULT_HOST, DEFAULT_PORT, HTTP_CLOSE_GRACE_S, GatewayConfig
 from server.logs import setup_logging
 
 DEFAULT_MODEL_NAME = "lemur-tiny-chat"
@@ -194,7 +194,12 @@ def serve(argv: list[str]) -> int:
 
     app = create_app(config, factory, engine_version=vllm_engine.VLLM_VERSION, on_engine_dead=engine_dead)
     uv_config = uvicorn.Config(
-        app, host=ns.host, port=ns.port, log_level=config.log_level, timeout_keep_alive=30, timeout_graceful_shutdown=5
+        app,
+        host=ns.host,
+        port=ns.port,
+        log_level=config.log_level,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=HTTP_CLOSE_GRACE_S,
     )
     server = GatewayServer(uv_config, shutdown_timeout=config.shutdown_timeout)
     server.run()

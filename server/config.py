@@ -7,6 +7,11 @@ from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# After the drain (--shutdown-timeout): aborted streams get this long to send
+# their error event and [DONE], then uvicorn this long to close connections.
+# Deployments add both to their grace periods (tests/test_deploy.py checks).
+ABORT_GRACE_S = 5.0
+HTTP_CLOSE_GRACE_S = 5
 
 
 @dataclass(frozen=True)

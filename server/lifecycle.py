@@ -17,6 +17,7 @@ from types import FrameType
 
 import uvicorn
 
+from server.config import ABORT_GRACE_S
 from server.serving.context import ServingContext
 
 logger = logging.getLogger("lemur.lifecycle")
@@ -35,7 +36,7 @@ async def drain(ctx: ServingContext, limit_s: float) -> None:
         for request_id in list(ctx.state.inflight):
             await ctx.engine.abort(request_id)
         # Aborted streams still send their error event and [DONE].
-        await ctx.admission.wait_idle(5.0)
+        await ctx.admission.wait_idle(ABORT_GRACE_S)
     logger.info("drained in %.2fs", loop.time() - started)
 
 
@@ -47,7 +48,7 @@ async def watch_engine(ctx: ServingContext, on_dead: Callable[[], None]) -> None
     logger.error("the inference engine died; refusing requests and exiting")
     ctx.state.draining = True
     ctx.admission.start_draining()
-    await ctx.admission.wait_idle(5.0)
+    await ctx.admission.wait_idle(ABORT_GRACE_S)
     on_dead()
 
 

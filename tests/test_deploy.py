@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from server.config import ABORT_GRACE_S, HTTP_CLOSE_GRACE_S
 from server.plan import plan
 from tests.deploy_support import (
     COMPOSE_DIR,
@@ -100,12 +101,20 @@ def test_probes_ports_and_service_match_the_server(rendered: tuple[str, list[dic
         assert ports.get(get["port"], get["port"]) == port
     startup = c["startupProbe"]
     allowed_s = startup["failureThreshold"] * startup["periodSeconds"]
-    assert allowed_s >= (15 * 60 if overlay.startswith("gpu-70b") else 60), allowed_s
+    assert allowed_s >= (30 * 60 if overlay.startswith("gpu-70b") else 60), allowed_s
     service = find(docs, "Service", "lemur")
     (svc_port,) = service["spec"]["ports"]
     assert ports.get(svc_port["targetPort"], svc_port["targetPort"]) == port and svc_port["name"] == "http"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
+
+
+ENGINE_SHUTDOWN_S = 10  # vLLM's engine processes exiting after the HTTP server (an allowance, not measured)
+
+
+def drain_budget(drain_s: float) -> float:
+    """SIGTERM to exit: the drain, aborted streams' last events, closing connections, the engine."""
+    return drain_s + ABORT_GRACE_S + HTTP_CLOSE_GRACE_S + ENGINE_SHUTDOWN_S
 
 
 def test_drain_fits_in_the_grace_period(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -114,7 +123,8 @@ def test_drain_fits_in_the_grace_period(rendered: tuple[str, list[dict[str, Any]
     c = container(find(docs, "Deployment", "lemur"))
     pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
     drain = shutdown_timeout(c["args"])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + 10, (pod["terminationGracePeriodSeconds"], drain)
+    needed = pre_stop + drain_budget(drain)
+    assert pod["terminationGracePeriodSeconds"] >= needed, (pod["terminationGracePeriodSeconds"], needed)
 
 
 def test_security_context_and_writable_volumes(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -162,6 +172,22 @@ def test_gpu_overlay_serves_70b_on_4_gpus_from_a_pvc() -> None:
     assert p.fits and p.full_length_sequences >= 64
     egress_ports = {p["port"] for rule in find(docs, "NetworkPolicy")["spec"]["egress"] for p in rule["ports"]}
     assert 443 in egress_ports, "the init container downloads from the Hub over HTTPS"
+
+
+def test_network_policy_selects_the_pods_and_opens_their_api_port(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    deployment = find(docs, "Deployment", "lemur")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    policy = find(docs, "NetworkPolicy", "lemur")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    c = container(deployment)
+    port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
+    (rule,) = policy["ingress"]
+    opened = {port_names.get(p["port"], p["port"]) for p in rule["ports"]}
+    assert opened == {default_port()}, opened  # the API port, nothing else
+    assert {"Ingress", "Egress"} <= set(policy["policyTypes"])
 
 
 def test_pdb_hpa_and_adapter_rule(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -217,7 +243,7 @@ def test_compose_gateways_match_the_server() -> None:
         assert [p.split(":")[-1] for p in svc["ports"]] == [str(port)], name
         assert "lemur" in svc["networks"]["default"]["aliases"]
         grace = svc["stop_grace_period"]
-        assert grace.endswith("s") and float(grace[:-1]) > shutdown_timeout(svc["command"]) + 10, name
+        assert grace.endswith("s") and float(grace[:-1]) >= drain_budget(shutdown_timeout(svc["command"])), name
     gpu = gateways["lemur-gpu"]
     (devices,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices["count"] == int(flag_value(gpu["command"], "--tensor-parallel-size") or 1) == 4

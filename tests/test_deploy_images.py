@@ -130,6 +130,7 @@ STUB_LEMUR = """#!/bin/sh
 """
 STUB_HF = """#!/bin/sh
 { for a in "$@"; do echo "arg=$a"; done; echo "token=${HF_TOKEN:-}"; } > "$STUB_OUT/hf"
+[ -z "${STUB_HF_FAIL:-}" ] || exit 1
 while [ "$#" -gt 0 ]; do [ "$1" = --local-dir ] && dir="$2"; shift; done
 mkdir -p "$dir" && echo '{}' > "$dir/config.json"
 """
@@ -184,7 +185,7 @@ def test_entrypoint_downloads_with_the_token_file_then_serves(stubs: dict[str, s
     assert hf[:5] == ["arg=download", "arg=OpenLemur/lemur-70b-chat-v1", "arg=--local-dir", f"arg={model}",
                       "arg=--revision"] and hf[-1] == "token=hf_secret_value"  # fmt: skip
     assert "hf_secret_value" not in done.stderr + done.stdout, "the token is never printed"
-    assert (model / ".lemur-download-complete").exists()
+    assert (model / ".lemur-download-complete").read_text() == "OpenLemur/lemur-70b-chat-v1@main\n"
     assert not (Path(env["STUB_OUT"]) / "lemur").exists(), "fetch only fetches"
     # A second start finds the complete download, even offline.
     (Path(env["STUB_OUT"]) / "hf").unlink()
@@ -204,3 +205,30 @@ def test_entrypoint_refuses_what_it_cannot_do(stubs: dict[str, str], tmp_path: P
     done, _ = run_entrypoint(env)
     assert done.returncode != 0 and "HF_HUB_OFFLINE" in done.stderr
     assert not (Path(stubs["STUB_OUT"]) / "hf").exists() and not (Path(stubs["STUB_OUT"]) / "lemur").exists()
+
+
+def test_entrypoint_downloads_again_for_a_new_revision_and_keeps_no_marker_on_failure(
+    stubs: dict[str, str], tmp_path: Path
+) -> None:
+    model = tmp_path / "models" / "m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / ".lemur-download-complete").write_text("OpenLemur/m@v1\n")
+    env = {**stubs, "LEMUR_MODEL_DIR": str(model), "LEMUR_MODEL_REPO": "OpenLemur/m"}
+    done, _ = run_entrypoint({**env, "LEMUR_MODEL_REVISION": "v1"}, "fetch")
+    assert done.returncode == 0 and not (Path(env["STUB_OUT"]) / "hf").exists(), "same revision: no download"
+    done, _ = run_entrypoint({**env, "LEMUR_MODEL_REVISION": "v2", "STUB_HF_FAIL": "1"}, "fetch")
+    assert done.returncode != 0 and "download of OpenLemur/m@v2 failed" in done.stderr
+    assert "arg=v2" in stub_lines(env, "hf")
+    assert not (model / ".lemur-download-complete").exists(), "a failed download leaves no marker"
+    done, _ = run_entrypoint({**env, "LEMUR_MODEL_REVISION": "v2"}, "fetch")
+    assert done.returncode == 0 and (model / ".lemur-download-complete").read_text() == "OpenLemur/m@v2\n"
+
+
+def test_entrypoint_explains_an_unwritable_model_volume(stubs: dict[str, str], tmp_path: Path) -> None:
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the volume's directory should be")
+    env = {**stubs, "LEMUR_MODEL_DIR": str(blocker / "m"), "LEMUR_MODEL_REPO": "OpenLemur/m"}
+    done, _ = run_entrypoint(env, "fetch")
+    assert done.returncode != 0 and "cannot write" in done.stderr and "Model storage" in done.stderr
+    assert not (Path(env["STUB_OUT"]) / "hf").exists()

@@ -44,9 +44,15 @@ load_token() {
 }
 
 fetch_model() {
+    # The marker names what was downloaded: a new LEMUR_MODEL_REVISION downloads again.
+    wanted="${LEMUR_MODEL_REPO:-}@${LEMUR_MODEL_REVISION:-main}"
     if [ -f "$MODEL_DIR/config.json" ]; then
-        if [ -z "${LEMUR_MODEL_REPO:-}" ] || [ -f "$MODEL_DIR/$MARKER" ]; then
+        if [ -z "${LEMUR_MODEL_REPO:-}" ]; then
             log "model found in $MODEL_DIR"
+            return 0
+        fi
+        if [ -f "$MODEL_DIR/$MARKER" ] && [ "$(cat "$MODEL_DIR/$MARKER")" = "$wanted" ]; then
+            log "model found in $MODEL_DIR ($wanted)"
             return 0
         fi
     fi
@@ -55,22 +61,31 @@ fetch_model() {
         return 1
     fi
     if is_offline; then
-        log "HF_HUB_OFFLINE is set and $MODEL_DIR holds no complete download of $LEMUR_MODEL_REPO"
+        log "HF_HUB_OFFLINE is set and $MODEL_DIR holds no complete download of $wanted"
+        return 1
+    fi
+    # Most ReadWriteMany volumes ignore fsGroup: say so plainly instead of failing inside hf.
+    if ! mkdir -p "$MODEL_DIR" 2>/dev/null || [ ! -w "$MODEL_DIR" ]; then
+        log "cannot write $MODEL_DIR as uid $(id -u): the model volume must be writable by this user" \
+            "(deploy/README.md, Model storage)"
         return 1
     fi
     load_token
-    log "downloading $LEMUR_MODEL_REPO into $MODEL_DIR (resumes a partial download)"
-    mkdir -p "$MODEL_DIR"
+    log "downloading $wanted into $MODEL_DIR (resumes a partial download)"
+    rm -f "$MODEL_DIR/$MARKER"
     set -- download "$LEMUR_MODEL_REPO" --local-dir "$MODEL_DIR"
     if [ -n "${LEMUR_MODEL_REVISION:-}" ]; then
         set -- "$@" --revision "$LEMUR_MODEL_REVISION"
     fi
-    hf "$@"
+    if ! hf "$@"; then
+        log "download of $wanted failed; the next start resumes it"
+        return 1
+    fi
     if [ ! -f "$MODEL_DIR/config.json" ]; then
         log "$LEMUR_MODEL_REPO has no config.json: not a model for lemur serve"
         return 1
     fi
-    touch "$MODEL_DIR/$MARKER"
+    printf '%s\n' "$wanted" >"$MODEL_DIR/$MARKER"
     log "download complete"
 }
 
