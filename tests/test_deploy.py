@@ -26,6 +26,7 @@ from tests.deploy_support import (
     alert_exprs,
     compose,
     container,
+    dashboard_queries,
     default_port,
     find,
     flag_value,
@@ -279,3 +280,39 @@ def test_grafana_provisioning_points_at_the_dashboard() -> None:
     for topic in ("requests", "errors", "first token", "per output token", "end-to-end", "tokens per second",
                   "running and waiting", "kv-cache", "api key"):  # fmt: skip
         assert topic in titles, topic
+
+
+def test_every_promql_expression_parses() -> None:
+    """Dashboard panels, alert rules and the adapter's queries are valid PromQL
+    (Grafana's and prometheus-adapter's template variables filled in), and every
+    histogram_quantile keeps the `le` label it needs."""
+    import json
+    import re
+
+    import promql_parser
+
+    dashboard = json.loads((COMPOSE_DIR / "grafana" / "dashboards" / "lemur.json").read_text())
+    adapter = load_yaml(K8S_DIR / "prometheus-adapter-values.yaml")["rules"]["custom"]
+    exprs = [q for q in dashboard_queries(dashboard) if not q.startswith("label_values(")]
+    exprs += alert_exprs(load_yaml(COMPOSE_DIR / "prometheus" / "alerts.yml")["groups"])
+    exprs += [rule["seriesQuery"] for rule in adapter]
+    adapter_fills = {"<<.Series>>": "lemur:num_requests_waiting", "<<.LabelMatchers>>": 'namespace="lemur"',
+                     "<<.GroupBy>>": "pod"}  # fmt: skip
+    for rule in adapter:
+        query = rule["metricsQuery"]
+        for var, value in adapter_fills.items():
+            query = query.replace(var, value)
+        exprs.append(query)
+    assert len(exprs) >= 10
+    fills = {"$__rate_interval": "5m", "$__interval": "1m", "$__all": ".*", "$model": ".*"}
+    for expr in exprs:
+        filled = expr
+        for var, value in fills.items():
+            filled = filled.replace(var, value)
+        assert "$" not in filled and "<<" not in filled, f"unfilled template variable in {expr!r}"
+        promql_parser.parse(filled)  # raises ValueError on a syntax error
+        if "histogram_quantile" in filled:
+            groups = re.findall(r"\bby\s*\(([^)]*)\)", filled)
+            assert any("le" in {g.strip() for g in group.split(",")} for group in groups), expr
+    with pytest.raises(ValueError):
+        promql_parser.parse("sum(rate(lemur:http_requests_total[5m])")  # the check can fail
