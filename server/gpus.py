@@ -1,8 +1,10 @@
 """The GPU table of `lemur plan`: memory, HBM bandwidth and dense bf16 tensor
 throughput of the data-centre GPUs people rent for serving.
 
-Memory is what the driver reports (nvidia-smi's total, which vLLM's
---gpu-memory-utilization applies to) where known, else the datasheet figure.
+Memory is nvidia-smi's total where known, else the datasheet figure. vLLM
+applies --gpu-memory-utilization to the total CUDA reports
+(torch.cuda.mem_get_info()[1]), which can be a little lower; where it is, the
+plan's KV cache is overstated by utilization x the difference (docs/sizing.md).
 Bandwidth and flops are the vendors' nominal datasheet numbers (dense, no
 sparsity); measured figures are lower.
 """

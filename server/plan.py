@@ -25,14 +25,27 @@ GIB = 1024**3
 DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 DTYPE_ALIASES = {"float": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 KV_DTYPE_BYTES = {"fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0, "float16": 2.0, "bfloat16": 2.0, "float32": 4.0}
-# Weight bytes per parameter under vLLM's --quantization (scales and zero points ignored).
-QUANT_BYTES = {"fp8": 1.0, "int8": 1.0, "awq": 0.5, "gptq": 0.5, "int4": 0.5}
+# vLLM's --quantization applies to the linear layers only (attention and MLP projections):
+# embed_tokens, lm_head (unless an int4 checkpoint quantized it, which is rare) and the
+# norms stay in --dtype. int4 checkpoints (AWQ, GPTQ; group size 128) store, for each
+# group of 128 input weights of an output channel, a 16-bit scale and a 4-bit zero point
+# packed eight to an int32: 0.5 + (2 + 0.5) / 128 bytes per weight, 3.9% above 0.5.
+# Per-tensor or per-channel scales of fp8 and int8 are under 0.1% and left out, as are
+# GPTQ's g_idx (4 bytes per input row) and vLLM's padding of the vocabulary to a multiple of 64.
+INT4_GROUP_SIZE = 128
+INT4_BYTES = 0.5 + (2 + 0.5) / INT4_GROUP_SIZE
+INT4_METHODS = ("awq", "gptq", "int4")
+# Bytes per weight of the quantized linear layers.
+QUANT_BYTES = {"fp8": 1.0, "int8": 1.0, "awq": INT4_BYTES, "gptq": INT4_BYTES, "int4": INT4_BYTES}
+# Rope scalings whose factor vLLM 0.32 does not apply to max_position_embeddings.
+_ROPE_TYPES_UNSCALED = ("default", "su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling")
 TP_CANDIDATES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The numbers of a dense Llama-family decoder that memory depends on."""
+    """The numbers of a dense Llama-family decoder that memory depends on.
+    max_position_embeddings is the longest context vLLM accepts for the model."""
 
     name: str
     num_layers: int
@@ -51,10 +64,17 @@ class ModelShape:
         mlp = 3 * self.hidden_size * self.intermediate_size
         return attn + mlp
 
+    def linear_params(self) -> int:
+        """The attention and MLP projections: what --quantization quantizes."""
+        return self.num_layers * self.layer_params()
+
+    def embedding_params(self) -> int:
+        """embed_tokens and lm_head (one matrix when tied); sharded, never quantized."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
     def sharded_params(self) -> int:
         """Parameters split across tensor-parallel ranks (all but the norms)."""
-        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * self.layer_params() + embeddings
+        return self.linear_params() + self.embedding_params()
 
     def replicated_params(self) -> int:
         """RMSNorm weights: two per layer plus the final one, on every rank."""
@@ -78,6 +98,19 @@ REFERENCE_SHAPES = {
 PRESET_ALIASES = {"lemur-tiny-chat": "tiny"}
 
 
+def _context_length(config: dict) -> int:
+    """The longest --max-model-len vLLM 0.32 accepts: max_position_embeddings, times the
+    rope scaling factor for linear and dynamic scaling (YaRN and Llama-3 scaling leave
+    it as it is)."""
+    length = int(config.get("max_position_embeddings", 4096))
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    if isinstance(rope, dict):
+        rope_type = rope.get("rope_type") or rope.get("type") or "default"
+        if rope_type not in _ROPE_TYPES_UNSCALED and rope.get("factor"):
+            length = int(length * float(rope["factor"]))
+    return length
+
+
 def shape_from_hf_config(config: dict, name: str) -> ModelShape:
     """A ModelShape from a Hugging Face config.json (dense Llama-like models)."""
     if any(k in config for k in ("num_local_experts", "num_experts", "n_routed_experts")):
@@ -94,7 +127,7 @@ def shape_from_hf_config(config: dict, name: str) -> ModelShape:
         num_kv_heads=int(config.get("num_key_value_heads") or heads),
         head_dim=int(config.get("head_dim") or hidden // heads),
         vocab_size=int(config["vocab_size"]),
-        max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+        max_position_embeddings=_context_length(config),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         dtype=dtype,
     )
@@ -148,7 +181,9 @@ class Plan:
     gpu_memory_utilization: float
     overhead_gib: float
     num_params: int
+    quantized_params: int
     weight_bytes_per_param: float
+    unquantized_bytes_per_param: float
     weights_total_gb: float
     weights_per_gpu_gb: float
     kv_bytes_per_token: int
@@ -182,14 +217,38 @@ def _normalise_dtype(dtype: str, model_dtype: str) -> str:
     return dtype
 
 
-def check_tensor_parallel(shape: ModelShape, tp: int) -> None:
-    """vLLM's rules: attention heads split evenly; KV heads split or replicated evenly."""
+def check_tensor_parallel(shape: ModelShape, tp: int, quantization: str | None = None) -> None:
+    """The shapes vLLM refuses to start with: attention heads split evenly, KV heads
+    split or replicated evenly, the MLP's intermediate size split evenly, and with int4
+    weights, at TP > 1, no quantization group straddling two ranks (the row-parallel
+    o_proj and down_proj take inputs of heads x head_dim / TP and intermediate / TP)."""
     if tp < 1:
         raise ValueError("--tensor-parallel-size must be at least 1")
     if shape.num_heads % tp:
         raise ValueError(f"{shape.num_heads} attention heads are not divisible by tensor parallel size {tp}")
     if shape.num_kv_heads % tp and tp % shape.num_kv_heads:
         raise ValueError(f"{shape.num_kv_heads} KV heads cannot be split or replicated over {tp} GPUs")
+    if shape.intermediate_size % tp:
+        raise ValueError(f"intermediate size {shape.intermediate_size} is not divisible by tensor parallel size {tp}")
+    if quantization in INT4_METHODS and tp > 1:
+        for layer, inputs in (("o_proj", shape.num_heads * shape.head_dim), ("down_proj", shape.intermediate_size)):
+            if (inputs // tp) % INT4_GROUP_SIZE:
+                raise ValueError(
+                    f"{quantization}: {layer} has {inputs // tp} inputs per GPU at tensor parallel size {tp}, "
+                    f"not a multiple of the quantization group size {INT4_GROUP_SIZE}"
+                )
+
+
+def check_max_model_len(shape: ModelShape, max_len: int) -> None:
+    """vLLM refuses a --max-model-len above the model's context length."""
+    if max_len < 1:
+        raise ValueError("--max-model-len must be positive")
+    if max_len > shape.max_position_embeddings:
+        raise ValueError(
+            f"--max-model-len {max_len} is above {shape.name}'s context of {shape.max_position_embeddings} "
+            "tokens (max_position_embeddings, with rope scaling); vLLM refuses to start unless "
+            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, and positions past it give wrong outputs"
+        )
 
 
 def plan(
@@ -210,22 +269,25 @@ def plan(
     shape = model if isinstance(model, ModelShape) else load_shape(model)
     spec = gpu if isinstance(gpu, GpuSpec) else find_gpu(gpu)
     tp = tensor_parallel_size
-    check_tensor_parallel(shape, tp)
+    if quantization is not None and quantization not in QUANT_BYTES:
+        raise ValueError(f"unknown --quantization {quantization!r} ({', '.join(QUANT_BYTES)})")
+    check_tensor_parallel(shape, tp, quantization)
     if not 0 < gpu_memory_utilization <= 1:
         raise ValueError("--gpu-memory-utilization must be in (0, 1]")
     dtype = _normalise_dtype(dtype, shape.dtype)
-    if quantization is not None and quantization not in QUANT_BYTES:
-        raise ValueError(f"unknown --quantization {quantization!r} ({', '.join(QUANT_BYTES)})")
     kv_dtype = dtype if kv_cache_dtype == "auto" else DTYPE_ALIASES.get(kv_cache_dtype, kv_cache_dtype)
     if kv_dtype not in KV_DTYPE_BYTES:
         raise ValueError(f"unknown --kv-cache-dtype {kv_cache_dtype!r} (auto, {', '.join(KV_DTYPE_BYTES)})")
     max_len = max_model_len or shape.max_position_embeddings
-    if max_len < 1:
-        raise ValueError("--max-model-len must be positive")
+    check_max_model_len(shape, max_len)
 
-    wbytes = QUANT_BYTES[quantization] if quantization else DTYPE_BYTES[dtype]
-    weights_total = shape.num_params() * wbytes
-    weights_gpu = (shape.sharded_params() / tp + shape.replicated_params()) * wbytes
+    # Linear layers at the quantized width; embeddings, lm_head and norms at --dtype.
+    dbytes = DTYPE_BYTES[dtype]
+    wbytes = QUANT_BYTES[quantization] if quantization else dbytes
+    sharded_bytes = shape.linear_params() * wbytes + shape.embedding_params() * dbytes
+    replicated_bytes = shape.replicated_params() * dbytes
+    weights_total = sharded_bytes + replicated_bytes
+    weights_gpu = sharded_bytes / tp + replicated_bytes
     kv_token = int(2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * KV_DTYPE_BYTES[kv_dtype])
     # Each rank holds num_kv_heads / tp heads, at least one (replicated when tp > num_kv_heads).
     kv_heads_gpu = max(1, shape.num_kv_heads // tp)
@@ -249,7 +311,7 @@ def plan(
     if _search_tp:
         for candidate in TP_CANDIDATES:
             try:
-                check_tensor_parallel(shape, candidate)
+                check_tensor_parallel(shape, candidate, quantization)
             except ValueError:
                 continue
             trial = plan(shape, spec, candidate, dtype, kv_cache_dtype, max_len, gpu_memory_utilization,
@@ -268,7 +330,9 @@ def plan(
         gpu_memory_utilization=gpu_memory_utilization,
         overhead_gib=overhead_gib,
         num_params=shape.num_params(),
+        quantized_params=shape.linear_params() if quantization else 0,
         weight_bytes_per_param=wbytes,
+        unquantized_bytes_per_param=dbytes,
         weights_total_gb=weights_total / GB,
         weights_per_gpu_gb=weights_gpu / GB,
         kv_bytes_per_token=kv_token,
@@ -298,6 +362,24 @@ def _gb(n: float) -> str:
     return f"{n:.2f} GB" if n >= 0.1 else f"{n * 1e3:.2f} MB"
 
 
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def _bytes(n: float) -> str:
+    return f"{n:.4g} byte" + ("" if n == 1 else "s")
+
+
+def _params(p: Plan) -> str:
+    if not p.quantization:
+        return f"{_count(p.num_params)} ({_bytes(p.weight_bytes_per_param)} each)"
+    return (
+        f"{_count(p.num_params)} (linear layers {_count(p.quantized_params)} at {_bytes(p.weight_bytes_per_param)}, "
+        f"{p.quantization}; embeddings, LM head, norms {_count(p.num_params - p.quantized_params)} at "
+        f"{_bytes(p.unquantized_bytes_per_param)}, {p.dtype})"
+    )
+
+
 def format_plan(p: Plan) -> str:
     quant = f", --quantization {p.quantization}" if p.quantization else ""
     smallest = (
@@ -309,9 +391,7 @@ def format_plan(p: Plan) -> str:
     lines = [
         f"{p.model} on {p.tensor_parallel_size} x {p.gpu} (tensor parallel {p.tensor_parallel_size}): {verdict}",
         f"  dtype {p.dtype}{quant}, KV cache {p.kv_cache_dtype}, max model len {p.max_model_len:,}",
-        f"  parameters             {p.num_params / 1e9:.2f} B ({p.weight_bytes_per_param:g} bytes each)"
-        if p.num_params >= 1e8
-        else f"  parameters             {p.num_params / 1e6:.2f} M ({p.weight_bytes_per_param:g} bytes each)",
+        f"  parameters             {_params(p)}",
         f"  weights                {_gb(p.weights_total_gb)} in all, {_gb(p.weights_per_gpu_gb)} per GPU",
         f"  KV cache per token     {_kib(p.kv_bytes_per_token)} ({_kib(p.kv_bytes_per_token_per_gpu)} per GPU);"
         f" {_gb(p.kv_gb_per_full_sequence)} per full sequence",
