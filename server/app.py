@@ -55,7 +55,9 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     )
     keys = KeyStore.from_sources(config.api_key, config.api_keys_file)
     limiter = RateLimiter(config.rate_limit_rpm, config.rate_limit_tpm)
-    return ServingContext(config, engine, tokenizer, template, Metrics(names[0]), admission, keys, limiter)
+    metrics = Metrics(names[0])
+    metrics.watch_queue(lambda: admission.waiting)
+    return ServingContext(config, engine, tokenizer, template, metrics, admission, keys, limiter)
 
 
 def create_app(

@@ -8,6 +8,7 @@ engine metrics (`vllm:num_requests_running`, KV-cache use, ...) live.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -82,12 +83,19 @@ class Metrics:
         self.waiting = Gauge(
             "lemur:num_requests_waiting", "Requests waiting for their first token.", labels, registry=r
         )
+        # Requests the gateway holds before they reach the engine (--max-concurrent-requests
+        # reached): invisible to vLLM's own queue, so autoscalers need it too.
+        self.queued = Gauge("lemur:num_requests_queued", "Requests queued in the gateway for a slot.", registry=r)
         self.key_requests = Counter(
             "lemur:key_requests", "HTTP requests by API key name and status.", ["key", "status"], registry=r
         )
         self.key_tokens = Counter(
             "lemur:key_tokens", "Prompt and generated tokens by API key name.", ["key", "kind"], registry=r
         )
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """`lemur:num_requests_queued` reads the admission queue's depth at each scrape."""
+        self.queued.set_function(lambda: float(depth()))
 
     def track(self, prompt_tokens: int, key: str = "anonymous") -> RequestTracker:
         return RequestTracker(self, prompt_tokens, key)

@@ -184,3 +184,34 @@ def test_stream_closed_early_closes_engine_stream(tiny_checkpoint: Path) -> None
         while fake.requests[-1].request_id not in fake.aborted and time.monotonic() < deadline:
             time.sleep(0.05)
         assert fake.requests[-1].request_id in fake.aborted
+
+
+def test_gateway_queue_depth_is_exported(tiny_checkpoint: Path) -> None:
+    """Requests held by the gateway's admission queue (not yet in vLLM) show as
+    lemur:num_requests_queued, which the HPA and the dashboard read."""
+    import threading
+
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053, delay=0.05)
+    config = GatewayConfig(served_model_names=("tiny",), max_concurrent_requests=1, max_queued_requests=4)
+    with TestClient(create_app(config, lambda: fake)) as client:
+
+        def complete() -> None:
+            r = client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 20})
+            assert r.status_code == 200
+
+        threads = [threading.Thread(target=complete) for _ in range(3)]
+        for t in threads:
+            t.start()
+        seen = set()
+        deadline = time.monotonic() + 20
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            line = next(
+                x for x in client.get("/metrics").text.splitlines() if x.startswith("lemur:num_requests_queued")
+            )
+            seen.add(float(line.split()[-1]))
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        assert 2.0 in seen  # one running, two queued
+        final = client.get("/metrics").text
+        assert "lemur:num_requests_queued 0.0" in final
