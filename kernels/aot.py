@@ -12,7 +12,6 @@ tensor parallel 4 and 8, with the exact meta-parameters the launchers choose.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from kernels.common import INTERPRET
 
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 FLOAT_ARGS = {"eps", "qk_scale"}  # scalar arguments passed as Python floats
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 80 and 90)")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if INTERPRET:
         print("unset TRITON_INTERPRET: the interpreter cannot compile kernels", file=sys.stderr)
         return 2
     failures = 0

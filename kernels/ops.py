@@ -15,7 +15,7 @@ from torch.library import custom_op
 
 from kernels.activation import silu_and_mul as _triton_silu_and_mul
 from kernels.activation import silu_and_mul_reference
-from kernels.common import INTERPRET, runs_triton
+from kernels.common import runs_triton
 from kernels.rmsnorm import fused_add_rmsnorm, fused_add_rmsnorm_reference, rmsnorm, rmsnorm_reference
 from kernels.rotary import rotary_embedding_neox, rotary_embedding_neox_reference
 
@@ -117,4 +117,4 @@ def rotary_embedding(
         rotary_embedding_neox_reference(positions, query, key, head_size, cos_sin_cache, rotary_dim)
 
 
-__all__ = ["INTERPRET", "backend_for", "fused_add_rms_norm", "rms_norm", "rotary_embedding", "silu_and_mul"]
+__all__ = ["backend_for", "fused_add_rms_norm", "rms_norm", "rotary_embedding", "silu_and_mul"]

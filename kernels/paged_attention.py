@@ -183,12 +183,13 @@ def decode_config(group: int, head_dim: int, dtype: torch.dtype, tile_n: int = 6
     inputs get IEEE products: a GPU's default for fp32 `tl.dot` is TF32 (10-bit
     mantissa), far from fp32 accuracy."""
     check(tile_n >= 16 and tile_n & (tile_n - 1) == 0, f"tile_n must be a power of two >= 16, got {tile_n}")
+    fp32_dot = INTERPRET and dtype == torch.bfloat16
     return {
         "BLOCK_H": max(16, next_power_of_2(group)),
         "BLOCK_D": max(16, next_power_of_2(head_dim)),
         "TILE_N": tile_n,
-        "FP32_DOT": INTERPRET and dtype == torch.bfloat16,
-        "DOT_PRECISION": "ieee" if dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16) else "tf32",
+        "FP32_DOT": fp32_dot,
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 or fp32_dot else "tf32",
         "num_warps": 4,
         # 5 stages: the page-table lookup takes one pipeline stage, and K/V need two
         # more to be double-buffered (with 3, each tile is awaited before any math).
