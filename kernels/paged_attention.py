@@ -35,6 +35,18 @@ MAX_SPLITS = 64
 
 
 @triton.jit
+def _load_page_tile(
+    cache_ptr, pages, slots, kv_head, ds, mask, block_stride, tok_stride, head_stride, FP32_DOT: tl.constexpr
+):
+    """One KV head's rows for a tile of tokens, each from its own page: (TILE_N, BLOCK_D)."""
+    rows = cache_ptr + pages[:, None] * block_stride + slots[:, None] * tok_stride + kv_head * head_stride
+    tile = tl.load(rows + ds[None, :], mask=mask, other=0.0)
+    if FP32_DOT:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
 def _paged_decode_kernel(
     q_ptr,
     k_cache_ptr,
@@ -105,28 +117,17 @@ def _paged_decode_kernel(
         pages = tl.load(bt_row + toks // PAGE, mask=t_mask, other=0).to(tl.int64)
         slots = toks % PAGE
         kv_mask = t_mask[:, None] & d_mask[None, :]
-        k = tl.load(
-            k_cache_ptr + pages[:, None] * k_block_stride + slots[:, None] * k_tok_stride
-            + kv_head * k_head_stride + ds[None, :],
-            mask=kv_mask, other=0.0,
-        )  # (TILE_N, BLOCK_D)  # fmt: skip
-        if FP32_DOT:
-            k = k.to(tl.float32)
+        k = _load_page_tile(k_cache_ptr, pages, slots, kv_head, ds, kv_mask,
+                            k_block_stride, k_tok_stride, k_head_stride, FP32_DOT)  # fmt: skip
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_H, TILE_N) fp32
         qk = tl.where(t_mask[None, :], qk, float("-inf"))
         m_new = tl.maximum(m, tl.max(qk, axis=1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_cache_ptr + pages[:, None] * v_block_stride + slots[:, None] * v_tok_stride
-            + kv_head * v_head_stride + ds[None, :],
-            mask=kv_mask, other=0.0,
-        )  # (TILE_N, BLOCK_D)  # fmt: skip
-        if FP32_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=DOT_PRECISION)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        v = _load_page_tile(v_cache_ptr, pages, slots, kv_head, ds, kv_mask,
+                            v_block_stride, v_tok_stride, v_head_stride, FP32_DOT)  # fmt: skip
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m = m_new
 
     # An empty split (start >= seq_len) leaves l_sum == 0: write zeros and lse -inf.
@@ -190,7 +191,8 @@ def decode_config(group: int, head_dim: int, dtype: torch.dtype, tile_n: int = 6
         "TILE_N": tile_n,
         "FP32_DOT": fp32_dot,
         "DOT_PRECISION": "ieee" if dtype == torch.float32 or fp32_dot else "tf32",
-        "num_warps": 4,
+        # fp32 IEEE products hold more in registers: 8 warps keep them from spilling.
+        "num_warps": 8 if dtype == torch.float32 else 4,
         # 5 stages: the page-table lookup takes one pipeline stage, and K/V need two
         # more to be double-buffered (with 3, each tile is awaited before any math).
         "num_stages": 5,
