@@ -49,7 +49,8 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     template = ChatTemplate.build(source_template, source, tokenizer.special.bos, tokenizer.special.eos)
     names = config.served_model_names or (engine.info.name,)
     config = GatewayConfig(**{**config.__dict__, "served_model_names": names})
-    logger.info("serving %s as %s; chat template: %s", engine.info.path, ", ".join(names), source)
+    info = engine.info
+    logger.info("serving %s as %s in %s; chat template: %s", info.path, ", ".join(names), info.dtype, source)
     admission = AdmissionController(
         AdmissionConfig(config.max_concurrent_requests, config.max_queued_requests, config.queue_timeout)
     )

@@ -7,17 +7,20 @@
 - `lemur init-model [--out DIR]`: the tiny untrained checkpoint (tests, demos).
 - `lemur plan [MODEL] --gpu GPU --tensor-parallel-size N ...`: sizing arithmetic
   for a vLLM deployment (server/plan.py).
+- `lemur env [--model MODEL] [--json]`: the environment, for bug reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from server.config import DEFAULT_HOST, DEFAULT_PORT, HTTP_CLOSE_GRACE_S, GatewayConfig
+from server.cpu import cpu_model, request_amx_permission
 from server.logs import setup_logging
 
 DEFAULT_MODEL_NAME = "lemur-tiny-chat"
@@ -147,6 +150,8 @@ def serve(argv: list[str]) -> int:
     # vLLM owns --log-level (it is a shortcut for its logging config); we follow it.
     log_level = str(getattr(ns, "log_level", "INFO")).upper()
     setup_logging(log_level, ns.log_format)
+    # The engine processes ask for themselves (server/engine/vllm_hooks.py); this is the gateway's own.
+    logging.getLogger("lemur.cli").info("CPU %s; AMX %s", cpu_model(), request_amx_permission())
 
     import uvicorn
 
@@ -247,6 +252,12 @@ def plan(argv: list[str]) -> int:
     return main(argv)
 
 
+def env(argv: list[str]) -> int:
+    from server.env_report import main
+
+    return main(argv, default_model=default_model_dir())
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (serve, "serve a model behind the OpenAI-compatible gateway"),
     "bench": (bench, "load-test an OpenAI-compatible endpoint (and `bench compare A.json B.json`)"),
@@ -254,6 +265,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "hash-key": (hash_key, "print the keys-file line of an API key read on stdin"),
     "init-model": (init_model, "build the tiny untrained Lemur-format demo checkpoint"),
     "plan": (plan, "size a deployment: weights and KV cache per GPU, capacity, decode lower bound"),
+    "env": (env, "print the machine, packages, CPU/AMX, GPUs and serving defaults for a bug report"),
 }
 
 

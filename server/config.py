@@ -12,6 +12,9 @@ DEFAULT_PORT = 8000
 # Deployments add both to their grace periods (tests/test_deploy.py checks).
 ABORT_GRACE_S = 5.0
 HTTP_CLOSE_GRACE_S = 5
+# vLLM's CPU backend refuses to start without a KV-cache budget: ours, in GiB,
+# unless VLLM_CPU_KVCACHE_SPACE is set (enough for the tiny models).
+DEFAULT_CPU_KVCACHE_GIB = "1"
 
 
 @dataclass(frozen=True)

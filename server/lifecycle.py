@@ -41,15 +41,30 @@ async def drain(ctx: ServingContext, limit_s: float) -> None:
 
 
 async def watch_engine(ctx: ServingContext, on_dead: Callable[[], None]) -> None:
-    """Poll the engine; when it dies, refuse new work, let the requests in
-    flight fail (they see the dead engine themselves), then call on_dead."""
+    """Poll the engine; when it dies, refuse new work, say why it died, let the
+    requests in flight fail (they see the dead engine themselves), then call
+    on_dead."""
     while ctx.engine.is_alive():  # noqa: ASYNC110 - vLLM offers no event for this; poll
         await asyncio.sleep(ENGINE_POLL_S)
-    logger.error("the inference engine died; refusing requests and exiting")
     ctx.state.draining = True
     ctx.admission.start_draining()
-    await ctx.admission.wait_idle(ABORT_GRACE_S)
-    on_dead()
+    try:
+        await report_death(ctx)
+    finally:  # whatever the report met, the process must still exit
+        await ctx.admission.wait_idle(ABORT_GRACE_S)
+        on_dead()
+
+
+async def report_death(ctx: ServingContext) -> None:
+    try:
+        death = await asyncio.to_thread(ctx.engine.death_report)
+    except Exception:
+        logger.exception("the inference engine died; finding out why failed")
+        return
+    extra = {"engine_process": death.process, "engine_exitcode": death.exitcode}
+    logger.error("%s; refusing requests and exiting", death.summary(), extra=extra)
+    if death.traceback:
+        logger.error("last lines of the engine's traceback:\n%s", "\n".join(death.traceback))
 
 
 class GatewayServer(uvicorn.Server):

@@ -203,7 +203,8 @@ async def openapi_schema(request: Request) -> JSONResponse:
 
 @api.get("/version", response_model=VersionResponse)
 async def version(request: Request) -> VersionResponse:
-    return VersionResponse(version=__version__, vllm=request.app.state.engine_version)
+    dtype = context(request).engine.info.dtype
+    return VersionResponse(version=__version__, vllm=request.app.state.engine_version, dtype=dtype)
 
 
 @probes.get("/health")

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 from server.engine import EngineOutput, EngineRequest, ModelInfo
+from server.engine.death import EngineDeath
 
 
 class FakeEngine:
@@ -46,6 +47,9 @@ class FakeEngine:
 
     def is_alive(self) -> bool:
         return self.alive
+
+    def death_report(self) -> EngineDeath:
+        return EngineDeath("fake engine", None, "stopped by the test")
 
     async def check_health(self) -> None:
         return None

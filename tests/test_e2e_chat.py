@@ -211,3 +211,27 @@ def test_content_parts_and_developer_role(client, server) -> None:
     joined = [MESSAGES[0], {"role": "user", "content": "Write a Python function\nthat reverses a list."}]
     tok = httpx.post(server.url("/tokenize"), headers=server.headers(), json={"messages": joined}).json()
     assert r.usage.prompt_tokens == tok["count"]
+
+
+def test_default_dtype_is_bf16_and_it_generates(client, server) -> None:
+    """The shared server runs in the dtype a user gets by default: vLLM on a
+    CPU downcasts this float32 checkpoint to bfloat16. That is the dtype in
+    which vLLM's CPU kernels use AMX on Intel Xeons (SIGILL without the
+    per-process permission our plugin asks for), and this checkpoint's shapes
+    are the ones that crashed there."""
+    v = httpx.get(server.url("/version"), headers=server.headers()).json()
+    assert v["dtype"] == "bfloat16"
+    log = server.log_path.read_text()
+    assert "Downcasting torch.float32 to torch.bfloat16" in log
+    for process in ("EngineCore", "VllmWorker-0"):  # our plugin ran in every engine process
+        assert f"lemur hooks in {process} (pid" in log, process
+    r = client.chat.completions.create(
+        model=MODEL_NAME, messages=MESSAGES, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "length" and r.usage.completion_tokens == 24
+    assert len(choice.message.content) >= 12  # real text decoded from 24 sampled tokens
+    again = client.chat.completions.create(
+        model=MODEL_NAME, messages=MESSAGES, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert again.choices[0].message.content == choice.message.content  # greedy is deterministic in bf16 too

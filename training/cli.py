@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from server.cpu import request_amx_permission
 from training.config import load_config
 
 
@@ -51,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # CPU training in bf16 can reach AMX (oneDNN and inductor GEMMs); Linux grants
+    # it per process, so every rank asks for itself. A no-op without AMX.
+    request_amx_permission()
     if args.command == "export":
         from training.export import export_checkpoint
 

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from server.engine.death import EngineDeath
+
 
 class EngineDeadError(RuntimeError):
     """The engine can no longer serve requests."""
@@ -86,6 +88,7 @@ class ModelInfo:
     max_model_len: int
     vocab_size: int
     created: int
+    dtype: str = "unknown"  # the weights' dtype in the engine: "bfloat16", "float32", ...
     generation_defaults: dict[str, float | int] = field(default_factory=dict)
 
 
@@ -103,5 +106,9 @@ class Engine(Protocol):
         ...
 
     def is_alive(self) -> bool: ...
+
+    def death_report(self) -> EngineDeath:
+        """Once `is_alive()` is False: which process died and why (may block briefly)."""
+        ...
 
     async def shutdown(self) -> None: ...

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from server.engine.base import EngineDeadError, EngineOutput, EngineRequest, ModelInfo
+from server.engine.death import EngineDeath
 
 # A short cycle of ordinary words; their ids come from the checkpoint's tokenizer.
 _WORDS = (" the", " lemur", " serves", " tokens", " quickly", ".", " It", " is", " a", " mock")
@@ -63,6 +64,9 @@ class MockEngine:
 
     def is_alive(self) -> bool:
         return self.alive
+
+    def death_report(self) -> EngineDeath:
+        return EngineDeath("mock engine", None, "it was shut down")
 
     async def check_health(self) -> None:
         if not self.alive:

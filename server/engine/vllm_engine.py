@@ -8,12 +8,17 @@ dataclasses and vLLM's request/output types.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.config import DEFAULT_CPU_KVCACHE_GIB
+from server.cpu import allowed_cpus, numa_nodes, thread_binding
 from server.engine.base import (
     EngineDeadError,
     EngineOutput,
@@ -23,21 +28,36 @@ from server.engine.base import (
     SamplingSpec,
     TokenLogprob,
 )
+from server.engine.death import EngineDeath, diagnose, read_events
+from server.engine.vllm_hooks import EVENTS_ENV
 
 # vLLM's CPU backend refuses to start without a KV-cache budget (GiB).
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
 
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
 from vllm.inputs import tokens_input
+from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.version import __version__ as VLLM_VERSION
 
-__all__ = ["VLLM_VERSION", "VllmEngine", "engine_args_from_namespace", "make_parser"]
+__all__ = [
+    "VLLM_VERSION",
+    "ServingDefaults",
+    "VllmEngine",
+    "engine_args_from_namespace",
+    "make_parser",
+    "serving_defaults",
+]
+
+logger = logging.getLogger("lemur.engine")
+THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+# How long the engine core may take to exit once it is dead, for its exit code.
+EXIT_CODE_WAIT_S = 3.0
 
 # Generation-config keys that become per-request defaults when the request omits them.
 _DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -52,6 +72,52 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def engine_args_from_namespace(ns: argparse.Namespace) -> AsyncEngineArgs:
     return AsyncEngineArgs.from_cli_args(ns)
+
+
+def bind_cpu_ranks(args: AsyncEngineArgs) -> None:
+    """On a CPU with fewer NUMA nodes than TP x PP ranks, vLLM's automatic
+    thread binding refuses to start ("Not enough allowed NUMA nodes"): split
+    the allowed CPUs between the ranks instead, unless the user chose a
+    binding. The engine processes inherit the variable."""
+    world_size = args.tensor_parallel_size * args.pipeline_parallel_size
+    if not current_platform.is_cpu() or world_size <= 1 or THREADS_BIND_ENV in os.environ:
+        return
+    cpus = allowed_cpus()
+    binding = thread_binding(world_size, cpus, len(numa_nodes(cpus)))
+    if binding is None:
+        return
+    os.environ[THREADS_BIND_ENV] = binding.value
+    shared = " (fewer CPUs than ranks: they share)" if binding.shared else ""
+    logger.info("%d CPU ranks: %s=%s%s", world_size, THREADS_BIND_ENV, binding.value, shared)
+
+
+@dataclass(frozen=True)
+class ServingDefaults:
+    """What vLLM resolves for a model before loading it (for `lemur env`)."""
+
+    platform: str  # "cpu", "cuda", ...
+    dtype: str  # what the weights run in
+    checkpoint_dtype: str
+    max_model_len: int
+    kv_bytes_per_token: int  # all layers, K and V, whole model (before tensor parallel)
+
+
+def serving_defaults(model: str, dtype: str = "auto") -> ServingDefaults:
+    """vLLM's own resolution (ModelConfig): on a CPU a float32 checkpoint runs
+    in bfloat16 unless --dtype says otherwise. Reads only the config."""
+    config = AsyncEngineArgs(model=model, dtype=dtype).create_model_config()
+    text = config.hf_text_config
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_size = config.get_head_size()
+    kv_bytes = 2 * text.num_hidden_layers * kv_heads * head_size * config.dtype.itemsize
+    checkpoint = str(getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "unknown")
+    return ServingDefaults(
+        platform=current_platform.device_type,
+        dtype=str(config.dtype).removeprefix("torch."),
+        checkpoint_dtype=checkpoint.removeprefix("torch."),
+        max_model_len=config.max_model_len,
+        kv_bytes_per_token=kv_bytes,
+    )
 
 
 def _to_sampling_params(spec: SamplingSpec) -> SamplingParams:
@@ -108,8 +174,9 @@ def _prompt_logprobs(
 class VllmEngine:
     """Our `Engine` over vLLM's `AsyncLLM`."""
 
-    def __init__(self, llm: AsyncLLM, name: str, path: str, tokenizer: str) -> None:
+    def __init__(self, llm: AsyncLLM, name: str, path: str, tokenizer: str, events: Path | None = None) -> None:
         self._llm = llm
+        self._events = events
         cfg = llm.model_config
         defaults = cfg.get_diff_sampling_param()
         self.info = ModelInfo(
@@ -119,16 +186,39 @@ class VllmEngine:
             max_model_len=cfg.max_model_len,
             vocab_size=cfg.get_vocab_size(),
             created=int(time.time()),
+            dtype=str(cfg.dtype).removeprefix("torch."),
             generation_defaults={k: defaults[k] for k in _DEFAULT_KEYS if k in defaults},
         )
 
     @classmethod
     def start(cls, args: AsyncEngineArgs, name: str | None = None) -> VllmEngine:
-        llm = AsyncLLM.from_engine_args(args)
+        bind_cpu_ranks(args)
+        # The engine processes report fatal events here (server/engine/vllm_hooks.py).
+        events = Path(tempfile.mkdtemp(prefix="lemur-engine-")) / "events.jsonl"
+        os.environ[EVENTS_ENV] = str(events)
+        try:
+            llm = AsyncLLM.from_engine_args(args)
+        except Exception as exc:
+            death = diagnose(read_events(events), {})
+            raise EngineDeadError(f"the engine failed to start: {exc}; {death.process}: {death.hint}") from exc
         served = llm.model_config.served_model_name
         if name is None:
             name = served[0] if isinstance(served, list) else served
-        return cls(llm, name=name or Path(args.model).name, path=args.model, tokenizer=args.tokenizer or args.model)
+        path, tokenizer = args.model, args.tokenizer or args.model
+        return cls(llm, name=name or Path(args.model).name, path=path, tokenizer=tokenizer, events=events)
+
+    def death_report(self) -> EngineDeath:
+        """Why the engine died. Blocks up to EXIT_CODE_WAIT_S for the engine
+        core to exit (its exit code tells a signal from an error)."""
+        manager = getattr(getattr(self._llm.engine_core, "resources", None), "engine_manager", None)
+        exitcodes: dict[str, int] = {}
+        deadline = time.monotonic() + EXIT_CODE_WAIT_S
+        while manager is not None and hasattr(manager, "finished_procs"):
+            exitcodes = manager.finished_procs()
+            if len(exitcodes) == len(manager.processes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return diagnose(read_events(self._events), exitcodes)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         spec = request.sampling

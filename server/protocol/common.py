@@ -152,3 +152,4 @@ class ModelList(ResponseModel):
 class VersionResponse(ResponseModel):
     version: str
     vllm: str
+    dtype: str  # the dtype the engine runs the model's weights in
