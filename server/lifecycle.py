@@ -63,8 +63,8 @@ async def report_death(ctx: ServingContext) -> None:
         return
     extra = {"engine_process": death.process, "engine_exitcode": death.exitcode}
     logger.error("%s; refusing requests and exiting", death.summary(), extra=extra)
-    if death.traceback:
-        logger.error("last lines of the engine's traceback:\n%s", "\n".join(death.traceback))
+    if (block := death.traceback_block()) is not None:
+        logger.error(block)
 
 
 class GatewayServer(uvicorn.Server):

@@ -105,6 +105,7 @@ def test_python_error_shows_the_first_traceback() -> None:
     assert death.process == "engine core EngineCore" and death.cause == "exit code 1"
     assert death.traceback == ("Traceback", "AssertionError: x")
     assert death.hint == "Worker_PP1 raised: AssertionError: x"
+    assert death.traceback_block() == "last lines of the engine's traceback:\nTraceback\nAssertionError: x"
 
 
 def test_nothing_known() -> None:

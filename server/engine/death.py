@@ -51,6 +51,11 @@ class EngineDeath:
     def summary(self) -> str:
         return f"the inference engine died: {self.process} ({self.cause}); {self.hint}"
 
+    def traceback_block(self) -> str | None:
+        if not self.traceback:
+            return None
+        return "last lines of the engine's traceback:\n" + "\n".join(self.traceback)
+
 
 def read_events(path: Path | None) -> list[dict]:
     """The events file, oldest first; unreadable lines are skipped."""
@@ -90,6 +95,10 @@ def _death(process: str, exitcode: int | None, tb: tuple[str, ...], where: str) 
     if exitcode is not None and exitcode < 0:
         tb = ()  # killed: later tracebacks are others tripping over it
     return EngineDeath(process, exitcode, _hint(exitcode, tb, where), tb)
+
+
+def anything_died(events: list[dict]) -> bool:
+    return any(e.get("kind") in ("worker_died", "error") for e in events)
 
 
 def diagnose(events: list[dict], engine_exitcodes: Mapping[str, int]) -> EngineDeath:

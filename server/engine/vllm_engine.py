@@ -28,7 +28,7 @@ from server.engine.base import (
     SamplingSpec,
     TokenLogprob,
 )
-from server.engine.death import EngineDeath, diagnose, read_events
+from server.engine.death import EngineDeath, anything_died, diagnose, read_events
 from server.engine.vllm_hooks import EVENTS_ENV
 
 # vLLM's CPU backend refuses to start without a KV-cache budget (GiB).
@@ -198,9 +198,14 @@ class VllmEngine:
         os.environ[EVENTS_ENV] = str(events)
         try:
             llm = AsyncLLM.from_engine_args(args)
-        except Exception as exc:
-            death = diagnose(read_events(events), {})
-            raise EngineDeadError(f"the engine failed to start: {exc}; {death.process}: {death.hint}") from exc
+        except Exception:
+            # A process that died while starting is named; a bad argument is not a death.
+            if anything_died(found := read_events(events)):
+                death = diagnose(found, {})
+                logger.error("%s", death.summary().replace("died", "died while starting", 1))
+                if (block := death.traceback_block()) is not None:
+                    logger.error(block)
+            raise
         served = llm.model_config.served_model_name
         if name is None:
             name = served[0] if isinstance(served, list) else served
