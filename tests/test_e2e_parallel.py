@@ -12,7 +12,6 @@ the ranks itself (the inherited environment is scrubbed of it).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ import psutil
 import pytest
 
 from tests.conftest import LiveServer, start_server, stop_server
+from tests.streams import finish_reasons, sigterm_while_streaming
 
 pytestmark = pytest.mark.e2e
 
@@ -123,38 +123,13 @@ def test_streaming(parallel: tuple[str, LiveServer]) -> None:
 def test_sigterm_drains_streams_and_exits_0(parallel: tuple[str, LiveServer]) -> None:
     """Last test of each mode: it stops the server."""
     _, server = parallel
-    url = server.url("/v1/chat/completions")
     # Long enough (400 tokens x 4 streams) to be in flight when the signal lands.
     body = {"messages": STREAM_MESSAGES, "max_tokens": 400, "ignore_eos": True, "stream": True}
-
-    async def scenario() -> tuple[list[list[str]], int, int]:
-        async with httpx.AsyncClient(timeout=120) as client:
-            started = asyncio.Semaphore(0)
-
-            async def stream() -> list[str]:
-                lines: list[str] = []
-                async with client.stream("POST", url, json=body) as r:
-                    async for line in r.aiter_lines():
-                        if line.startswith("data: "):
-                            lines.append(line)
-                            if len(lines) == 2:
-                                started.release()
-                return lines
-
-            tasks = [asyncio.create_task(stream()) for _ in range(4)]
-            for _ in tasks:
-                await asyncio.wait_for(started.acquire(), 60)
-            server.process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.1)
-            ready = (await client.get(server.url("/ready"))).status_code
-            refused = (await client.post(url, json={**body, "stream": False, "max_tokens": 2})).status_code
-            return await asyncio.gather(*tasks), ready, refused
-
-    results, ready, refused = asyncio.run(scenario())
-    assert ready == 503 and refused == 503
-    for lines in results:
+    run = sigterm_while_streaming(server, body, streams=4, lines_first=2)
+    assert run.ready == 503 and run.refused == 503
+    for lines in run.streams:
         assert lines[-1] == "data: [DONE]"
-        assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"
+        assert finish_reasons(lines) == ["length"]
     assert server.process.wait(timeout=60) == 0
 
 

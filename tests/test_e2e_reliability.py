@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import API_KEY, LiveServer, start_server, stop_server
+from tests.streams import finish_reasons, sigterm_while_streaming
 
 pytestmark = pytest.mark.e2e
 
@@ -103,53 +104,16 @@ def test_request_timeout_aborts(limited: LiveServer) -> None:
 
 def test_drain_on_sigterm(tiny_checkpoint: Path, tmp_path: Path) -> None:
     server = start_server(tiny_checkpoint, tmp_path / "server.log", ["--shutdown-timeout", "60"])
-    url = server.url("/v1/chat/completions")
     body = {"messages": MESSAGES, "max_tokens": 200, "ignore_eos": True, "stream": True}
     try:
-
-        async def scenario() -> tuple[list, int, int, float]:
-            async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=50)) as client:
-                started = asyncio.Event()
-                count = 0
-
-                async def stream() -> tuple[list[str], list[str]]:
-                    nonlocal count
-                    async with client.stream("POST", url, json=body) as r:
-                        assert r.status_code == 200
-                        lines = []
-                        async for line in r.aiter_lines():
-                            if line.startswith("data: "):
-                                if len(lines) == 1:
-                                    count += 1
-                                    if count == 20:
-                                        started.set()
-                                lines.append(line)
-                    chunks = [json.loads(x[6:]) for x in lines[:-1]]
-                    finish = [
-                        c["choices"][0]["finish_reason"]
-                        for c in chunks
-                        if c["choices"] and c["choices"][0]["finish_reason"]
-                    ]
-                    return lines, finish
-
-                tasks = [asyncio.create_task(stream()) for _ in range(20)]
-                await asyncio.wait_for(started.wait(), 60)
-                t0 = time.monotonic()
-                server.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
-                ready = (await client.get(server.url("/ready"))).status_code
-                refused = (await client.post(url, json={**body, "stream": False, "max_tokens": 2})).status_code
-                results = await asyncio.gather(*tasks)
-                return results, ready, refused, time.monotonic() - t0
-
-        results, ready, refused, drained_after = asyncio.run(scenario())
-        assert ready == 503
-        assert refused == 503
-        for lines, finish in results:
+        run = sigterm_while_streaming(server, body, streams=20)
+        assert run.ready == 503
+        assert run.refused == 503
+        for lines in run.streams:
             assert lines[-1] == "data: [DONE]"
-            assert finish == ["length"]
+            assert finish_reasons(lines) == ["length"]
         rc = server.process.wait(timeout=60)
-        print(f"\n[drain] 20 streams finished {drained_after:.1f}s after SIGTERM; exit code {rc}")
+        print(f"\n[drain] 20 streams finished {run.drained_after:.1f}s after SIGTERM; exit code {rc}")
         assert rc == 0
     finally:
         if server.process.poll() is None:

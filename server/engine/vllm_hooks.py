@@ -126,6 +126,10 @@ def _allocate_pipeline_buffers_lazily() -> None:
     step, because only the warm-up dummy run allocates that buffer and the CPU
     worker skips warm-up in eager mode. Allocate it on first use instead,
     exactly as the dummy run would (max_num_tokens rows, model dtype)."""
+    from vllm.version import __version__
+
+    if not __version__.startswith("0.32."):  # the release this was read against (pyproject pins it)
+        return
     from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
     original = CPUModelRunner.sync_and_gather_intermediate_tensors
