@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+logger = logging.getLogger("lemur.auth")
 ENV_VAR = "LEMUR_API_KEYS"
 _LINE = re.compile(r"^sha256:([0-9a-fA-F]{64})(?:\s+([^\s=]+))?((?:\s+\w+=[0-9.]+)*)\s*$")
 
@@ -40,6 +43,9 @@ def hash_line(key: str, name: str) -> str:
 
 
 def parse_keys_file(path: Path) -> list[ApiKey]:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("%s is readable by others (mode %s): chmod 600 it", path, oct(stat.S_IMODE(mode)))
     keys = []
     for n, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -61,6 +67,21 @@ def parse_keys_file(path: Path) -> list[ApiKey]:
     return keys
 
 
+def _refuse_duplicates(keys: list[ApiKey]) -> None:
+    """Two keys with one name would share its rate-limit buckets and be one
+    caller in logs and metrics; one key listed twice is a copy-paste slip."""
+    names: dict[str, int] = {}
+    digests: set[bytes] = set()
+    for key in keys:
+        names[key.name] = names.get(key.name, 0) + 1
+        if key.digest in digests:
+            raise ValueError(f"API key {key.name!r} is listed twice (the same key)")
+        digests.add(key.digest)
+    dup = sorted(name for name, count in names.items() if count > 1)
+    if dup:
+        raise ValueError(f"API key names must be unique; repeated: {', '.join(dup)}")
+
+
 class KeyStore:
     def __init__(self, keys: list[ApiKey]) -> None:
         self.keys = keys
@@ -75,6 +96,7 @@ class KeyStore:
                 keys.append(ApiKey(f"env-{i}", digest(key)))
         if keys_file is not None:
             keys.extend(parse_keys_file(keys_file))
+        _refuse_duplicates(keys)
         return cls(keys)
 
     @property

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from server.auth import KeyStore
 from server.config import DEFAULT_HOST, DEFAULT_PORT, HTTP_CLOSE_GRACE_S, GatewayConfig
 from server.cpu import cpu_model, request_amx_permission
 from server.logs import setup_logging
@@ -139,6 +140,17 @@ def serve(argv: list[str]) -> int:
     # drains for the same time, so one flag governs both. Our default: 30 s.
     parser.set_defaults(model=None, shutdown_timeout=30.0)
     ns = parser.parse_args(argv)
+    try:  # bad keys stop here, before the engine loads
+        KeyStore.from_sources(ns.api_key, ns.api_keys_file)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    if ns.chat_template is not None:
+        from server.chat_template import load_template_arg
+
+        try:
+            load_template_arg(ns.chat_template)  # fail before the engine loads, not after
+        except OSError as exc:
+            parser.error(str(exc))
     if ns.model_tag:
         ns.model = ns.model_tag
     if ns.model is None:

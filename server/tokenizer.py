@@ -8,6 +8,7 @@ the engine sees).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,8 @@ class Tokenizer:
         )
         self._bytes_cache: dict[int, bytes] = {}
         self._byte_decoder = _byte_level_decoder(hf)
+        # Every added token (<s>, </s>, <|im_start|>, ...): what text must never become.
+        self.control_ids = frozenset(getattr(hf, "added_tokens_decoder", {})) | frozenset(hf.all_special_ids)
 
     @classmethod
     def load(cls, path: str, revision: str | None = None, trust_remote_code: bool = False) -> Tokenizer:
@@ -79,6 +82,34 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode_text(self, text: str) -> list[int]:
+        """`text` as plain text: a control-token string in it is just characters."""
+        return list(self._hf.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    def has_control_text(self, text: str) -> bool:
+        """Whether a plain tokenization of `text` would yield a control token."""
+        return any(t in self.control_ids for t in self.encode(text, add_special_tokens=False))
+
+    def encode_prompt(self, prompt: str, data_spans: Sequence[tuple[int, int]]) -> list[int]:
+        """Token ids of a rendered prompt whose template markers are control
+        tokens but whose `data_spans` (message contents: untrusted text) are
+        not. The prompt is tokenized whole, so benign text gets exactly the
+        tokens it always had; only a span in which a control token matched is
+        tokenized again as plain text (with the tokens that overlap its ends)."""
+        enc = self._hf(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = list(enc["input_ids"])
+        offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
+        for start, end in sorted(data_spans, reverse=True):  # from the back: indices stay valid
+            overlap = [k for k, (a, b) in enumerate(offsets) if a < end and b > start]
+            if not overlap or not any(ids[k] in self.control_ids for k in overlap):
+                continue
+            first, last = overlap[0], overlap[-1]
+            lo, hi = min(start, offsets[first][0]), max(end, offsets[last][1])
+            plain = self.encode_text(prompt[lo:hi])
+            ids[first : last + 1] = plain
+            offsets[first : last + 1] = [(lo, hi)] * len(plain)
+        return ids
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._hf.decode(token_ids, skip_special_tokens=skip_special_tokens)

@@ -121,3 +121,44 @@ def test_metrics_can_require_a_key(tiny_checkpoint: Path, keys_file: Path) -> No
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": f"Bearer {BOB}"}).status_code == 200
         assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
+
+
+def test_keys_file_readable_by_others_is_warned(keys_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys_file.chmod(0o644)
+    with caplog.at_level("WARNING", logger="lemur.auth"):
+        parse_keys_file(keys_file)
+    assert "readable by others (mode 0o644): chmod 600" in caplog.text
+    caplog.clear()
+    keys_file.chmod(0o600)
+    with caplog.at_level("WARNING", logger="lemur.auth"):
+        parse_keys_file(keys_file)
+    assert caplog.text == ""
+
+
+def test_duplicate_key_names_and_keys_are_refused(tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text(f"{hash_line(ALICE, 'team')}\n{hash_line(BOB, 'team')}\n")
+    with pytest.raises(ValueError, match="names must be unique; repeated: team"):
+        KeyStore.from_sources(None, names)
+    same = tmp_path / "same.txt"
+    same.write_text(f"{hash_line(ALICE, 'alice')}\n{hash_line(ALICE, 'alice2')}\n")
+    with pytest.raises(ValueError, match="listed twice"):
+        KeyStore.from_sources(None, same)
+    # --api-key is named "default": a file entry of that name collides with it.
+    clash = tmp_path / "clash.txt"
+    clash.write_text(f"{hash_line(BOB, 'default')}\n")
+    with pytest.raises(ValueError, match="repeated: default"):
+        KeyStore.from_sources(ALICE, clash)
+
+
+def test_lemur_serve_refuses_duplicate_key_names_before_loading_the_engine(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{hash_line(ALICE, 'team')}\n{hash_line(BOB, 'team')}\n")
+    cmd = [sys.executable, "-m", "server", "serve", str(tmp_path), "--api-keys-file", str(keys)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "repeated: team" in out.stderr

@@ -15,9 +15,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 class OpenAIModel(BaseModel):
     """Request base: unknown fields are accepted (OpenAI clients keep adding
-    them) and logged at debug level."""
+    them) and logged at debug level. Types are strict, as OpenAI's are:
+    `"stream": "yes"` or `"n": "2"` is a 400, not a guess."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     @model_validator(mode="after")
     def _log_unknown(self) -> OpenAIModel:

@@ -8,7 +8,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from server.engine import EngineOutput, EngineRequest, TokenLogprob
-from server.errors import APIError
+from server.errors import APIError, InvalidRequest
 from server.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -30,10 +30,19 @@ from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
 
 
 def render_messages(ctx: ServingContext, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> list[int]:
-    """Token ids of the prompt; the template adds `<s>` itself, so the tokenizer doesn't."""
+    """Token ids of the prompt. Message contents are data: a control-token
+    string in them (`<|im_end|>`, `</s>`, ...) stays text, so no message can
+    forge a turn; only the template's own markers are control tokens. The
+    template adds `<s>` itself."""
     turns = [{"role": m.template_role(), "content": m.text()} for m in messages]
-    prompt = ctx.template.render(turns, add_generation_prompt=add_generation_prompt)
-    return ctx.tokenizer.encode(prompt, add_special_tokens=False)
+    prompt, spans = ctx.template.render_with_spans(turns, add_generation_prompt=add_generation_prompt)
+    if spans is None:
+        # This template transforms contents, so we cannot tell where they are;
+        # refuse what would turn into control tokens rather than guess.
+        if any(ctx.tokenizer.has_control_text(t["content"]) for t in turns):
+            raise InvalidRequest("message content contains control-token text, which this chat template cannot escape")
+        spans = []
+    return ctx.tokenizer.encode_prompt(prompt, spans)
 
 
 def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprobs:
