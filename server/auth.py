@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -32,6 +33,20 @@ class ApiKey:
     digest: bytes
     rpm: float | None = None  # requests per minute
     tpm: float | None = None  # tokens (prompt + completion) per minute
+
+
+# Who calls when no keys are configured: default limits still apply to it.
+ANONYMOUS = ApiKey("anonymous", b"")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def digest(key: str) -> bytes:

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from server.auth import KeyStore
+from server.auth import ENV_VAR as KEYS_ENV_VAR
+from server.auth import KeyStore, is_loopback
 from server.config import DEFAULT_HOST, DEFAULT_PORT, HTTP_CLOSE_GRACE_S, GatewayConfig
 from server.cpu import cpu_model, request_amx_permission
 from server.logs import setup_logging
@@ -53,6 +54,11 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s)")
     g.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind (default %(default)s)")
     g.add_argument("--api-key", default=None, help="require this key as 'Authorization: Bearer <key>'")
+    g.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without API keys (by default that refuses to start)",
+    )
     g.add_argument(
         "--chat-template",
         default=None,
@@ -141,9 +147,16 @@ def serve(argv: list[str]) -> int:
     parser.set_defaults(model=None, shutdown_timeout=30.0)
     ns = parser.parse_args(argv)
     try:  # bad keys stop here, before the engine loads
-        KeyStore.from_sources(ns.api_key, ns.api_keys_file)
+        keys = KeyStore.from_sources(ns.api_key, ns.api_keys_file)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
+    if not keys.enabled and not is_loopback(ns.host):
+        if not ns.allow_unauthenticated:
+            parser.error(
+                f"refusing to serve on {ns.host} without API keys: give --api-key, --api-keys-file or "
+                f"{KEYS_ENV_VAR}, or --allow-unauthenticated if something in front of this server authenticates"
+            )
+        print(f"WARNING: serving on {ns.host} with no API keys (--allow-unauthenticated)", file=sys.stderr)
     if ns.chat_template is not None:
         from server.chat_template import load_template_arg
 

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from server import __version__
 from server.admission import Permit
+from server.auth import ANONYMOUS
 from server.engine import EngineDeadError
 from server.errors import AuthenticationFailed, ServiceUnavailable, error_body
 from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
@@ -61,7 +62,7 @@ def context(request: Request) -> ServingContext:
 async def require_api_key(request: Request) -> None:
     keys = context(request).keys
     if not keys.enabled:
-        request.state.caller = Caller("anonymous")
+        request.state.caller = Caller(ANONYMOUS.name, context(request).limiter.for_key(ANONYMOUS))
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()

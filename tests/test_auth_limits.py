@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -162,3 +164,47 @@ def test_lemur_serve_refuses_duplicate_key_names_before_loading_the_engine(tmp_p
     cmd = [sys.executable, "-m", "server", "serve", str(tmp_path), "--api-keys-file", str(keys)]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "repeated: team" in out.stderr
+
+
+def test_anonymous_callers_get_the_default_limits(tiny_checkpoint: Path) -> None:
+    """No keys configured is not a way around --rate-limit-rpm."""
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053)
+    config = GatewayConfig(served_model_names=("tiny",), rate_limit_rpm=2)
+    with TestClient(create_app(config, lambda: fake)) as client:
+        statuses = [client.post("/v1/chat/completions", json=BODY).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_what_counts_as_loopback() -> None:
+    from server.auth import is_loopback
+
+    assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")))
+    assert not any(map(is_loopback, ("0.0.0.0", "::", "10.1.2.3", "192.168.1.5", "lemur.example.com", "")))
+
+
+def test_non_loopback_without_keys_refuses_to_start(tiny_checkpoint: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "LEMUR_API_KEYS"}
+    for host in ("0.0.0.0", "lemur.example.com"):
+        cmd = [sys.executable, "-m", "server", "serve", str(tiny_checkpoint), "--host", host]
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, (host, out.stderr[-500:])
+        assert f"refusing to serve on {host} without API keys" in out.stderr
+
+
+def test_allow_unauthenticated_starts_with_a_warning(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The mock engine: this is about the gateway's start-up check, not the model."""
+    from tests.conftest import start_server, stop_server
+
+    extra = ["--engine", "mock", "--host", "0.0.0.0", "--allow-unauthenticated"]
+    server = start_server(tiny_checkpoint, tmp_path / "open.log", extra, env={"LEMUR_API_KEYS": ""})
+    try:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert httpx.post(server.url("/v1/chat/completions"), json=body, timeout=30).status_code == 200
+    finally:
+        stop_server(server)
+    assert "serving on 0.0.0.0 with no API keys (--allow-unauthenticated)" in server.log_path.read_text()

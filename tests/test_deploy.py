@@ -316,3 +316,22 @@ def test_every_promql_expression_parses() -> None:
             assert any("le" in {g.strip() for g in group.split(",")} for group in groups), expr
     with pytest.raises(ValueError):
         promql_parser.parse("sum(rate(lemur:http_requests_total[5m])")  # the check can fail
+
+
+def test_deployments_fail_closed() -> None:
+    """No keys, no server: compose has no default keys or Grafana password and
+    publishes on loopback; the pods' key Secret is required."""
+    spec = compose()
+    for name, svc in gateway_services(spec).items():
+        keys = svc["environment"]["LEMUR_API_KEYS"]
+        assert keys.startswith("${LEMUR_API_KEYS:?"), name  # compose refuses to run without it
+    assert spec["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD:?"
+    )
+    for name, svc in spec["services"].items():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this machine"
+    for overlay in OVERLAYS:
+        server = container(find(render(overlay), "Deployment", "lemur"))
+        (keys,) = [e for e in server["env"] if e["name"] == "LEMUR_API_KEYS"]
+        assert keys["valueFrom"]["secretKeyRef"].get("optional", False) is False, overlay
