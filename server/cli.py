@@ -73,6 +73,11 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rate-limit-rpm", type=float, default=None, help="default requests per minute per key")
     g.add_argument("--rate-limit-tpm", type=float, default=None, help="default tokens per minute per key")
     g.add_argument("--metrics-require-key", action="store_true", help="protect /metrics with the API keys too")
+    g.add_argument(
+        "--shared-prefix-cache",
+        action="store_true",
+        help="one prefix cache for all API keys (by default each key has its own: no cross-key timing of prompts)",
+    )
     g.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="largest request body (default 4 MiB)")
     g.add_argument("--log-format", choices=["json", "text"], default="json", help="log format (default json)")
     g.add_argument("--log-prompts", action="store_true", help="also log prompts and outputs (off by default)")
@@ -204,6 +209,7 @@ def serve(argv: list[str]) -> int:
         queue_timeout=ns.queue_timeout,
         request_timeout=ns.request_timeout,
         shutdown_timeout=float(ns.shutdown_timeout),
+        shared_prefix_cache=ns.shared_prefix_cache,
     )
     server: GatewayServer | None = None
 

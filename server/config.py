@@ -47,3 +47,5 @@ class GatewayConfig:
     request_timeout: float | None = None
     # Drain on SIGTERM: how long requests in flight may take to finish.
     shutdown_timeout: float = 30.0
+    # One prefix cache for all keys (faster, but a key can time another's prompts).
+    shared_prefix_cache: bool = False

@@ -144,7 +144,7 @@ probes = APIRouter()
 @api.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat
-    prepared = service.prepare(body)
+    prepared = service.prepare(body, request.state.caller)
     prompt_tokens = len(prepared.engine_request.prompt_token_ids)
     return await respond(
         request, body.stream, prompt_tokens, lambda: service.stream(prepared), lambda: service.complete(prepared)
@@ -154,7 +154,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @api.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     service: CompletionService = request.app.state.completions
-    prepared = service.prepare(body)
+    prepared = service.prepare(body, request.state.caller)
     prompt_tokens = prepared.prompt_tokens()
     return await respond(
         request, body.stream, prompt_tokens, lambda: service.stream(prepared), lambda: service.complete(prepared)

@@ -21,6 +21,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "sk-lemur-test-key"
+# The shared server also knows a second key (named "env-0"), for per-key behaviour.
+SECOND_API_KEY = "sk-lemur-second-key"
 MAX_MODEL_LEN = 512
 MODEL_NAME = "lemur-tiny-chat-untrained"
 
@@ -97,7 +99,7 @@ def stop_server(server: LiveServer) -> None:
 def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     t0 = time.monotonic()
-    live = start_server(tiny_checkpoint, log_path, ["--api-key", API_KEY])
+    live = start_server(tiny_checkpoint, log_path, ["--api-key", API_KEY], env={"LEMUR_API_KEYS": SECOND_API_KEY})
     print(f"\n[lemur] server ready in {time.monotonic() - t0:.1f}s at {live.base_url}")
     yield live
     stop_server(live)

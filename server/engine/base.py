@@ -54,6 +54,9 @@ class EngineRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingSpec
+    # Requests share prefix-cache blocks only within one salt (one tenant), so
+    # nobody can time another key's prompts through cache hits.
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -228,7 +228,7 @@ class VllmEngine:
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         spec = request.sampling
         params = _to_sampling_params(spec)  # raises EngineRejectedRequest
-        prompt = tokens_input(list(request.prompt_token_ids))
+        prompt = tokens_input(list(request.prompt_token_ids), cache_salt=request.cache_salt)
         first = True
         try:
             async for out in self._llm.generate(prompt, params, request.request_id):

@@ -23,7 +23,7 @@ from server.protocol.chat import (
     TopLogprob,
 )
 from server.protocol.common import Usage
-from server.serving.context import ServingContext, new_request_id
+from server.serving.context import Caller, ServingContext, new_request_id
 from server.serving.generation import collect, generate, prime
 from server.serving.sampling import build_sampling
 from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
@@ -72,14 +72,15 @@ class ChatService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    def prepare(self, req: ChatCompletionRequest) -> PreparedChat:
+    def prepare(self, req: ChatCompletionRequest, caller: Caller) -> PreparedChat:
         ctx = self.ctx
         model = ctx.resolve_model(req.model)
         prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt)
         top = (req.top_logprobs or 0) if req.logprobs else None
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(), logprobs=top)
         rid = new_request_id("chatcmpl")
-        return PreparedChat(req, EngineRequest(rid, tuple(prompt_ids), spec), model, int(time.time()))
+        engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller))
+        return PreparedChat(req, engine_request, model, int(time.time()))
 
     async def complete(self, p: PreparedChat) -> ChatCompletionResponse:
         results = await collect(self.ctx, p.engine_request)

@@ -16,7 +16,7 @@ from server.protocol.completions import (
     CompletionRequest,
     CompletionResponse,
 )
-from server.serving.context import ServingContext, new_request_id
+from server.serving.context import Caller, ServingContext, new_request_id
 from server.serving.generation import collect_all, merge, prime
 from server.serving.sampling import build_sampling, check_token_ids
 from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
@@ -79,7 +79,7 @@ class CompletionService:
     def _first_token(self, prompt: PromptInput) -> str:
         return self.ctx.tokenizer.decode(list(prompt.token_ids[:1]), skip_special_tokens=True)
 
-    def prepare(self, req: CompletionRequest) -> PreparedCompletion:
+    def prepare(self, req: CompletionRequest, caller: Caller) -> PreparedCompletion:
         model = self.ctx.resolve_model(req.model)
         prompts = tuple(self._prompt(p) for p in req.prompts())
         rid = new_request_id("cmpl")
@@ -96,6 +96,7 @@ class CompletionService:
                     prompt_param="prompt",
                     prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
                 ),
+                self.ctx.cache_salt(caller),
             )
             for i, p in enumerate(prompts)
         )

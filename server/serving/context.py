@@ -43,6 +43,10 @@ class ServingContext:
     def model_name(self) -> str:
         return self.config.served_model_names[0]
 
+    def cache_salt(self, caller: Caller) -> str | None:
+        """Each key its own prefix-cache partition, unless --shared-prefix-cache."""
+        return None if self.config.shared_prefix_cache else f"key:{caller.key_name}"
+
     def resolve_model(self, requested: str | None) -> str:
         """The served name for a request's `model` (absent means the default)."""
         if requested is None or requested in self.config.served_model_names:
