@@ -1,6 +1,7 @@
 """Admission control: bounded concurrency, a bounded queue, and drain.
 
-At most `max_concurrent` generation requests run; up to `max_queued` more wait
+At most `max_concurrent` sequences run (a request weighs n x prompts, so
+one n=64 request takes as much room as 64 single ones); up to `max_queued` more wait
 (FIFO) for at most `queue_timeout` seconds. Anything beyond is refused at once
 with 429 `rate_limit_exceeded` and a Retry-After header, and while the server
 drains every new request gets 503 `server_overloaded`. Nothing here grows
@@ -47,23 +48,24 @@ class AdmissionConfig:
 
 
 class Permit:
-    """One admitted request; release exactly once (idempotent)."""
+    """One admitted request holding `weight` sequences; release exactly once (idempotent)."""
 
-    def __init__(self, controller: AdmissionController) -> None:
+    def __init__(self, controller: AdmissionController, weight: int) -> None:
         self._controller = controller
+        self.weight = weight
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._controller._release()
+            self._controller._release(self.weight)
 
 
 class AdmissionController:
     def __init__(self, config: AdmissionConfig) -> None:
         self.config = config
-        self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.running = 0  # sequences
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -72,48 +74,63 @@ class AdmissionController:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> Permit:
+    def _fits(self, weight: int) -> bool:
+        return self.running + weight <= self.config.max_concurrent
+
+    async def acquire(self, weight: int = 1) -> Permit:
+        """Admit a request of `weight` sequences (capped at max_concurrent, so
+        the largest allowed request can always run, alone if need be)."""
+        weight = max(1, min(weight, self.config.max_concurrent))
         if self.draining:
             raise ServerOverloaded("the server is shutting down; retry on another replica")
-        if self.running < self.config.max_concurrent and not self._waiters:
-            self.running += 1
-            self._idle.clear()
-            return Permit(self)
+        if not self._waiters and self._fits(weight):
+            self._take(weight)
+            return Permit(self, weight)
         if len(self._waiters) >= self.config.max_queued:
             raise RateLimited("too many requests in flight; retry later", retry_after=1.0)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._waiters.append((weight, fut))
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.config.queue_timeout)
         except TimeoutError:
             if fut.done() and not fut.cancelled():
-                return Permit(self)  # granted at the last moment: keep it
-            fut.cancel()
+                return Permit(self, weight)  # granted at the last moment: keep it
             self._forget(fut)
             raise RateLimited("the request waited too long for a slot; retry later", retry_after=2.0) from None
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self._release()  # granted, but the client is gone: pass it on
+                self._release(weight)  # granted, but the client is gone: pass it on
             else:
-                fut.cancel()
                 self._forget(fut)
             raise
-        return Permit(self)
+        return Permit(self, weight)
+
+    def _take(self, weight: int) -> None:
+        self.running += weight
+        self._idle.clear()
 
     def _forget(self, fut: asyncio.Future[None]) -> None:
-        try:
-            self._waiters.remove(fut)
-        except ValueError:
-            pass
+        fut.cancel()
+        self._waiters = deque(w for w in self._waiters if w[1] is not fut)
+        self._grant()  # a big request that left the head may unblock smaller ones
 
-    def _release(self) -> None:
-        # Hand the slot straight to the oldest live waiter, if any.
+    def _grant(self) -> None:
+        """Hand freed room to the waiters in FIFO order, as far as it goes; the
+        head waits for enough room rather than being overtaken (no starvation)."""
         while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
+            weight, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(weight):
                 return
-        self.running -= 1
+            self._waiters.popleft()
+            self._take(weight)
+            fut.set_result(None)
+
+    def _release(self, weight: int) -> None:
+        self.running -= weight
+        self._grant()
         if self.running == 0:
             self._idle.set()
 
@@ -128,6 +145,6 @@ class AdmissionController:
     def start_draining(self) -> None:
         self.draining = True
         while self._waiters:
-            fut = self._waiters.popleft()
+            _, fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_exception(ServerOverloaded("the server is shutting down; retry on another replica"))

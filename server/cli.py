@@ -101,7 +101,7 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-requests",
         type=int,
         default=256,
-        help="generation requests running at once (default %(default)s)",
+        help="sequences running at once: a request counts n x prompts (default %(default)s)",
     )
     g.add_argument(
         "--max-queued-requests",
@@ -114,6 +114,24 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         help="seconds a request may wait for a slot before a 429 (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-sequences-per-request",
+        type=int,
+        default=64,
+        help="most sequences (n x prompts) one request may ask for; beyond: 400 (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=4096,
+        help="most max_tokens per sequence, and the cap of the default when a request omits it (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-echo-logprob-tokens",
+        type=int,
+        default=8192,
+        help="most prompt-token logprobs (prompt tokens x n) an echo+logprobs request returns (default %(default)s)",
     )
     g.add_argument(
         "--request-timeout",
@@ -210,6 +228,9 @@ def serve(argv: list[str]) -> int:
         request_timeout=ns.request_timeout,
         shutdown_timeout=float(ns.shutdown_timeout),
         shared_prefix_cache=ns.shared_prefix_cache,
+        max_sequences_per_request=ns.max_sequences_per_request,
+        max_tokens_limit=ns.max_tokens_limit,
+        max_echo_logprob_tokens=ns.max_echo_logprob_tokens,
     )
     server: GatewayServer | None = None
 

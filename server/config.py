@@ -49,3 +49,8 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     # One prefix cache for all keys (faster, but a key can time another's prompts).
     shared_prefix_cache: bool = False
+    # Bounded work per request (server/serving/limits.py): sequences (n x prompts),
+    # max_tokens per sequence (also the cap of the default), and echoed prompt logprobs.
+    max_sequences_per_request: int = 64
+    max_tokens_limit: int = 4096
+    max_echo_logprob_tokens: int = 8192

@@ -30,7 +30,7 @@ async def drain(ctx: ServingContext, limit_s: float) -> None:
     ctx.state.draining = True
     ctx.admission.start_draining()
     started = loop.time()
-    logger.info("draining: %d requests in flight, up to %.0fs", ctx.admission.running, limit_s)
+    logger.info("draining: %d sequences in flight, up to %.0fs", ctx.admission.running, limit_s)
     if not await ctx.admission.wait_idle(limit_s):
         logger.warning("drain timeout: aborting %d engine requests", len(ctx.state.inflight))
         for request_id in list(ctx.state.inflight):

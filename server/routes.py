@@ -105,6 +105,7 @@ async def respond(
     request: Request,
     stream: bool,
     prompt_tokens: int,
+    sequences: int,
     start_stream: Callable[[], Awaitable[EventStream]],
     complete: Callable[[], Awaitable[BaseModel]],
 ) -> Response:
@@ -121,7 +122,7 @@ async def respond(
         logger.info("prompt", extra={"body": await request.json()})
 
     async def admitted() -> tuple[Permit, EventStream | BaseModel]:
-        permit = await ctx.admission.acquire()
+        permit = await ctx.admission.acquire(sequences)
         try:
             return permit, await (start_stream() if stream else complete())
         except BaseException:
@@ -147,7 +148,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     prepared = service.prepare(body, request.state.caller)
     prompt_tokens = len(prepared.engine_request.prompt_token_ids)
     return await respond(
-        request, body.stream, prompt_tokens, lambda: service.stream(prepared), lambda: service.complete(prepared)
+        request,
+        body.stream,
+        prompt_tokens,
+        body.n,
+        lambda: service.stream(prepared),
+        lambda: service.complete(prepared),
     )
 
 
@@ -155,9 +161,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 async def completions(body: CompletionRequest, request: Request) -> Response:
     service: CompletionService = request.app.state.completions
     prepared = service.prepare(body, request.state.caller)
-    prompt_tokens = prepared.prompt_tokens()
+    prompt_tokens, sequences = prepared.prompt_tokens(), body.n * len(prepared.prompts)
     return await respond(
-        request, body.stream, prompt_tokens, lambda: service.stream(prepared), lambda: service.complete(prepared)
+        request,
+        body.stream,
+        prompt_tokens,
+        sequences,
+        lambda: service.stream(prepared),
+        lambda: service.complete(prepared),
     )
 
 

@@ -81,3 +81,45 @@ def test_draining_refuses_new_and_queued() -> None:
         assert await ac.wait_idle(0.05)
 
     run(main())
+
+
+def test_admission_weighs_requests_by_sequences() -> None:
+    async def scenario() -> None:
+        ac = AdmissionController(AdmissionConfig(max_concurrent=4, max_queued=4, queue_timeout=5))
+        big = await ac.acquire(3)  # e.g. n=3
+        assert ac.running == 3
+        head = asyncio.create_task(ac.acquire(4))  # waits for the whole room
+        await asyncio.sleep(0)
+        small = asyncio.create_task(ac.acquire(1))  # would fit now, but must not overtake the head
+        await asyncio.sleep(0.05)
+        assert not head.done() and not small.done() and ac.waiting == 2
+        big.release()
+        head_permit = await asyncio.wait_for(head, 1)
+        assert ac.running == 4 and not small.done()
+        head_permit.release()
+        (await asyncio.wait_for(small, 1)).release()
+        assert ac.running == 0
+        # Heavier than the whole server: capped, so it runs alone rather than never.
+        huge = await ac.acquire(100)
+        assert huge.weight == 4 and ac.running == 4
+        huge.release()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_big_waiter_unblocks_the_ones_behind_it() -> None:
+    async def scenario() -> None:
+        ac = AdmissionController(AdmissionConfig(max_concurrent=4, max_queued=4, queue_timeout=5))
+        held = await ac.acquire(3)
+        head = asyncio.create_task(ac.acquire(4))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(ac.acquire(1))
+        await asyncio.sleep(0.05)
+        head.cancel()  # its client left
+        permit = await asyncio.wait_for(small, 1)
+        assert ac.running == 4 and ac.waiting == 0
+        permit.release()
+        held.release()
+        assert ac.running == 0
+
+    asyncio.run(scenario())

@@ -25,6 +25,7 @@ from server.protocol.chat import (
 from server.protocol.common import Usage
 from server.serving.context import Caller, ServingContext, new_request_id
 from server.serving.generation import collect, generate, prime
+from server.serving.limits import check_max_tokens, check_sequences
 from server.serving.sampling import build_sampling
 from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
 
@@ -75,6 +76,9 @@ class ChatService:
     def prepare(self, req: ChatCompletionRequest, caller: Caller) -> PreparedChat:
         ctx = self.ctx
         model = ctx.resolve_model(req.model)
+        check_sequences(ctx.config, req.n, prompts=1)
+        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        check_max_tokens(ctx.config, req.requested_max_tokens(), param)
         prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt)
         top = (req.top_logprobs or 0) if req.logprobs else None
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(), logprobs=top)

@@ -18,6 +18,7 @@ from server.protocol.completions import (
 )
 from server.serving.context import Caller, ServingContext, new_request_id
 from server.serving.generation import collect_all, merge, prime
+from server.serving.limits import check_echo_logprobs, check_max_tokens, check_sequences
 from server.serving.sampling import build_sampling, check_token_ids
 from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
 
@@ -80,8 +81,14 @@ class CompletionService:
         return self.ctx.tokenizer.decode(list(prompt.token_ids[:1]), skip_special_tokens=True)
 
     def prepare(self, req: CompletionRequest, caller: Caller) -> PreparedCompletion:
+        config = self.ctx.config
         model = self.ctx.resolve_model(req.model)
-        prompts = tuple(self._prompt(p) for p in req.prompts())
+        raw_prompts = req.prompts()
+        check_sequences(config, req.n, prompts=len(raw_prompts))  # before any tokenizing
+        check_max_tokens(config, req.max_tokens)
+        prompts = tuple(self._prompt(p) for p in raw_prompts)
+        if req.echo and req.logprobs is not None:
+            check_echo_logprobs(config, sum(len(p.token_ids) for p in prompts), req.n)
         rid = new_request_id("cmpl")
         engine_requests = tuple(
             EngineRequest(

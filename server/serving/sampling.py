@@ -11,9 +11,9 @@ from server.serving.context import ServingContext
 
 
 def resolve_max_tokens(
-    requested: int | None, prompt_len: int, max_model_len: int, prompt_param: str = "messages"
+    requested: int | None, prompt_len: int, max_model_len: int, prompt_param: str = "messages", cap: int | None = None
 ) -> int:
-    """Default to the room left in the context; refuse what cannot fit."""
+    """Default to the room left in the context (at most `cap`); refuse what cannot fit."""
     room = max_model_len - prompt_len
     if room <= 0 or (requested is not None and requested > room):
         asked = prompt_len + (requested or 0)
@@ -23,7 +23,9 @@ def resolve_max_tokens(
             "completion). Please reduce the prompt or max_tokens.",
             param="max_tokens" if room > 0 else prompt_param,
         )
-    return requested if requested is not None else room
+    if requested is not None:
+        return requested
+    return room if cap is None else min(room, cap)
 
 
 def check_token_ids(token_ids: Iterable[int], vocab_size: int, param: str) -> None:
@@ -64,7 +66,9 @@ def build_sampling(
 
     spec = SamplingSpec(
         n=req.n,
-        max_tokens=resolve_max_tokens(max_tokens, prompt_len, info.max_model_len, prompt_param),
+        max_tokens=resolve_max_tokens(
+            max_tokens, prompt_len, info.max_model_len, prompt_param, cap=ctx.config.max_tokens_limit
+        ),
         min_tokens=req.min_tokens,
         temperature=pick(req.temperature, "temperature", 1.0),
         top_p=pick(req.top_p, "top_p", 1.0),

@@ -1,0 +1,50 @@
+"""Bounded work per request: what one HTTP body may ask of the engine.
+
+Checked on the parsed body before anything is tokenized, so a 1 KB request
+for n=128 x 256 prompts x the whole context is a 400 in microseconds, not
+millions of tokens of engine work. Each refusal names the limit, its flag
+and the value asked for.
+"""
+
+from __future__ import annotations
+
+from server.config import GatewayConfig
+from server.errors import InvalidRequest
+
+
+class LimitExceeded(InvalidRequest):
+    code = "limit_exceeded"
+
+
+def check_sequences(config: GatewayConfig, n: int, prompts: int) -> int:
+    """Sequences a request asks for (n x prompts), or a 400 over the limit."""
+    sequences = n * prompts
+    if sequences > config.max_sequences_per_request:
+        detail = f"n={n}" if prompts == 1 else f"n={n} x {prompts} prompts"
+        raise LimitExceeded(
+            f"this request asks for {sequences} sequences ({detail}); the server allows at most "
+            f"{config.max_sequences_per_request} per request (--max-sequences-per-request)",
+            param="n",
+        )
+    return sequences
+
+
+def check_max_tokens(config: GatewayConfig, requested: int | None, param: str = "max_tokens") -> None:
+    if requested is not None and requested > config.max_tokens_limit:
+        raise LimitExceeded(
+            f"{param}={requested} is more than this server allows per sequence: "
+            f"{config.max_tokens_limit} (--max-tokens-limit)",
+            param=param,
+        )
+
+
+def check_echo_logprobs(config: GatewayConfig, prompt_tokens: int, n: int) -> None:
+    """echo + logprobs returns every prompt token's logprobs in every choice."""
+    positions = prompt_tokens * n
+    if positions > config.max_echo_logprob_tokens:
+        raise LimitExceeded(
+            f"echo with logprobs would return {positions} prompt-token logprobs ({prompt_tokens} prompt "
+            f"tokens x n={n}); the server allows at most {config.max_echo_logprob_tokens} "
+            "(--max-echo-logprob-tokens)",
+            param="echo",
+        )
