@@ -134,6 +134,24 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="most prompt-token logprobs (prompt tokens x n) an echo+logprobs request returns (default %(default)s)",
     )
     g.add_argument(
+        "--stream-write-timeout",
+        type=float,
+        default=30.0,
+        help="cut a stream whose client reads nothing for this many seconds, freeing its slot (default %(default)s)",
+    )
+    g.add_argument(
+        "--read-deadline",
+        type=float,
+        default=30.0,
+        help="seconds a connection has to send each whole request, headers and body (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=2048,
+        help="open connections at once; beyond: 503 (default %(default)s)",
+    )
+    g.add_argument(
         "--request-timeout",
         type=float,
         default=None,
@@ -206,6 +224,7 @@ def serve(argv: list[str]) -> int:
     from server.app import create_app
     from server.engine import Engine
     from server.lifecycle import GatewayServer
+    from server.transport import read_deadline_protocol
 
     engine_args = vllm_engine.engine_args_from_namespace(ns)
     config = GatewayConfig(
@@ -231,6 +250,9 @@ def serve(argv: list[str]) -> int:
         max_sequences_per_request=ns.max_sequences_per_request,
         max_tokens_limit=ns.max_tokens_limit,
         max_echo_logprob_tokens=ns.max_echo_logprob_tokens,
+        stream_write_timeout=ns.stream_write_timeout,
+        read_deadline=ns.read_deadline,
+        max_connections=ns.max_connections,
     )
     server: GatewayServer | None = None
 
@@ -257,6 +279,8 @@ def serve(argv: list[str]) -> int:
         log_level=config.log_level,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=HTTP_CLOSE_GRACE_S,
+        http=read_deadline_protocol(config.read_deadline),
+        limit_concurrency=config.max_connections,
     )
     server = GatewayServer(uv_config, shutdown_timeout=config.shutdown_timeout)
     server.run()

@@ -54,3 +54,9 @@ class GatewayConfig:
     max_sequences_per_request: int = 64
     max_tokens_limit: int = 4096
     max_echo_logprob_tokens: int = 8192
+    # Slow clients: a stream whose client has not read for this long is cut
+    # (its engine request aborted, its slot freed); each request must arrive
+    # whole within the read deadline; at most this many open connections.
+    stream_write_timeout: float = 30.0
+    read_deadline: float = 30.0
+    max_connections: int = 2048

@@ -86,6 +86,11 @@ class Metrics:
         # Requests the gateway holds before they reach the engine (--max-concurrent-requests
         # reached): invisible to vLLM's own queue, so autoscalers need it too.
         self.queued = Gauge("lemur:num_requests_queued", "Requests queued in the gateway for a slot.", registry=r)
+        self.slow_clients = Counter(
+            "lemur:slow_clients",
+            "Streams cut because the client stopped reading (--stream-write-timeout).",
+            registry=r,
+        )
         self.key_requests = Counter(
             "lemur:key_requests", "HTTP requests by API key name and status.", ["key", "status"], registry=r
         )

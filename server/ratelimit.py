@@ -61,7 +61,7 @@ class KeyLimiter:
         if self.tokens is not None:
             self.tokens.take(prompt_tokens)
 
-    def charge_completion(self, tokens: int) -> None:
+    def charge_tokens(self, tokens: int) -> None:
         if self.tokens is not None:
             self.tokens.take(tokens)
 

@@ -10,7 +10,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from server import __version__
 from server.admission import Permit
@@ -32,18 +32,36 @@ logger = logging.getLogger("lemur.requests")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class SlowClient(Exception):
+    """The client stopped reading its stream."""
+
+
 class EventStreamResponse(StreamingResponse):
     """SSE response that always closes its event stream, so the engine request
-    behind it is aborted even if the client left before the body started."""
+    behind it is aborted even if the client left before the body started, and
+    that gives up on a client that stops reading: a write that cannot go out
+    for `write_timeout` seconds (the socket buffers are full) ends it."""
 
-    def __init__(self, stream: EventStream, permit: Permit) -> None:
+    def __init__(self, stream: EventStream, permit: Permit, write_timeout: float, on_slow: Callable[[], None]) -> None:
         super().__init__(stream.events, media_type="text/event-stream", headers=SSE_HEADERS)
         self._stream = stream
         self._permit = permit
+        self._write_timeout = write_timeout
+        self._on_slow = on_slow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await send(message)
+            except TimeoutError:
+                raise SlowClient from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_or_give_up)
+        except SlowClient:
+            logger.warning("cut a stream whose client read nothing for %.0fs", self._write_timeout)
+            self._on_slow()  # uvicorn closes the connection: the response never completed
         finally:
             try:
                 await self._stream.aclose()
@@ -131,7 +149,7 @@ async def respond(
 
     permit, result = await until_disconnected(request, admitted())
     if isinstance(result, EventStream):
-        return EventStreamResponse(result, permit)
+        return EventStreamResponse(result, permit, ctx.config.stream_write_timeout, ctx.metrics.slow_clients.inc)
     permit.release()
     if ctx.config.log_prompts:
         logger.info("output", extra={"response": result.model_dump(exclude_none=True)})
@@ -193,10 +211,15 @@ async def retrieve_model(model: str, request: Request) -> ModelCard:
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     ctx = context(request)
     ctx.resolve_model(body.model)
+    caller: Caller = request.state.caller
+    if caller.limits is not None:  # a request like any other: the key's RPM (and its tokens to TPM, below)
+        caller.limits.admit(0)
     if body.messages is not None:
         tokens = render_messages(ctx, body.messages, body.add_generation_prompt)
     else:
         tokens = ctx.tokenizer.encode(body.prompt or "", add_special_tokens=body.add_special_tokens)
+    if caller.limits is not None:
+        caller.limits.charge_tokens(len(tokens))
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.engine.info.max_model_len, tokens=tokens)
 
 

@@ -208,3 +208,13 @@ def test_allow_unauthenticated_starts_with_a_warning(tiny_checkpoint: Path, tmp_
     finally:
         stop_server(server)
     assert "serving on 0.0.0.0 with no API keys (--allow-unauthenticated)" in server.log_path.read_text()
+
+
+def test_tokenize_is_rate_limited(keyed_client: TestClient) -> None:
+    """/tokenize costs the tokenizer real work: it counts against the key's RPM."""
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    body = {"prompt": "def main(): pass"}
+    statuses = [keyed_client.post("/tokenize", json=body, headers=alice).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    r = keyed_client.post("/v1/chat/completions", json=BODY, headers=alice)
+    assert r.status_code == 429  # one budget for every route

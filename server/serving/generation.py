@@ -84,7 +84,7 @@ async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator
         ctx.state.inflight.discard(request.request_id)
         tracker.finish(reason)
         if caller is not None and caller.limits is not None:
-            caller.limits.charge_completion(tracker.tokens)
+            caller.limits.charge_tokens(tracker.tokens)
 
 
 async def prime(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
