@@ -20,7 +20,7 @@ from server.engine import Engine, EngineRequest, SamplingSpec
 from server.errors import install_error_handlers
 from server.lifecycle import watch_engine
 from server.metrics import Metrics
-from server.middleware import BodySizeLimit, RequestMiddleware
+from server.middleware import Authenticate, BodySizeLimit, RequestMiddleware
 from server.ratelimit import RateLimiter
 from server.routes import ClientDisconnected, api, probes
 from server.serving.chat import ChatService
@@ -103,6 +103,8 @@ def create_app(
 
     app.include_router(api)
     app.include_router(probes)
+    # Added innermost first: RequestMiddleware -> Authenticate -> BodySizeLimit -> routes.
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(Authenticate)
     app.add_middleware(RequestMiddleware)
     return app

@@ -1,6 +1,12 @@
-"""Per-request bookkeeping around every HTTP request: a request id (taken from
-X-Request-ID or made up, and returned), the access log line, and the request
-counters by route, status and API key name."""
+"""The ASGI layers in front of the routes, cheapest check first:
+
+1. `RequestMiddleware`: a request id (taken from X-Request-ID or made up, and
+   returned), the access log line, and the request counters by route, status
+   and API key name;
+2. `Authenticate`: the API key, from the headers alone, before any byte of
+   the body is read (keyless garbage is a 401, not a 400);
+3. `BodySizeLimit`: 413 beyond --max-body-bytes.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_body
+from server.auth import ANONYMOUS
+from server.errors import APIError, AuthenticationFailed, error_body
 from server.logs import request_id_var
+from server.serving.context import Caller, ServingContext
 
 logger = logging.getLogger("lemur.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -56,6 +64,53 @@ class RequestMiddleware:
                        "duration_ms": round((time.perf_counter() - start) * 1000, 2)},
             )  # fmt: skip
             request_id_var.reset(token)
+
+
+# Open to everyone: probes (and /metrics unless --metrics-require-key).
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+def authenticate(ctx: ServingContext, authorization: str) -> Caller:
+    """The caller behind an Authorization header, or AuthenticationFailed."""
+    if not ctx.keys.enabled:
+        return Caller(ANONYMOUS.name, ctx.limiter.for_key(ANONYMOUS))
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if not token:
+        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    # Constant-time comparison; the key itself never appears in any message.
+    key = ctx.keys.authenticate(token) if scheme.lower() == "bearer" else None
+    if key is None:
+        raise AuthenticationFailed("Incorrect API key provided.")
+    return Caller(key.name, ctx.limiter.for_key(key))
+
+
+async def send_error(send: Send, exc: APIError) -> None:
+    body = json.dumps(exc.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Authenticate:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx: ServingContext | None = getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" else None
+        path = scope.get("path", "")
+        if ctx is None or path in OPEN_PATHS or (path == "/metrics" and not ctx.config.metrics_require_key):
+            await self.app(scope, receive, send)
+            return
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        try:
+            caller = authenticate(ctx, authorization)
+        except AuthenticationFailed as exc:
+            await send_error(send, exc)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -7,16 +7,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from server import __version__
 from server.admission import Permit
-from server.auth import ANONYMOUS
 from server.engine import EngineDeadError
-from server.errors import AuthenticationFailed, ServiceUnavailable, error_body
+from server.errors import ServiceUnavailable, error_body
 from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
 from server.protocol.common import ModelCard, ModelList, VersionResponse
 from server.protocol.completions import CompletionRequest, CompletionResponse
@@ -77,27 +76,6 @@ def context(request: Request) -> ServingContext:
     return request.app.state.ctx
 
 
-async def require_api_key(request: Request) -> None:
-    keys = context(request).keys
-    if not keys.enabled:
-        request.state.caller = Caller(ANONYMOUS.name, context(request).limiter.for_key(ANONYMOUS))
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if not token:
-        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
-    # Constant-time comparison; the key itself never appears in any message.
-    key = keys.authenticate(token) if scheme.lower() == "bearer" else None
-    if key is None:
-        raise AuthenticationFailed("Incorrect API key provided.")
-    request.state.caller = Caller(key.name, context(request).limiter.for_key(key))
-
-
-async def require_key_for_metrics(request: Request) -> None:
-    if context(request).config.metrics_require_key:
-        await require_api_key(request)
-
-
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work` unless the client disconnects first; then cancel it, which
     closes its engine stream and so aborts the engine request."""
@@ -156,7 +134,8 @@ async def respond(
     return JSONResponse(result.model_dump(exclude_none=True))
 
 
-api = APIRouter(dependencies=[Depends(require_api_key)])
+# Authentication happens before routing, from the headers (server/middleware.py).
+api = APIRouter()
 probes = APIRouter()
 
 
@@ -270,6 +249,6 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready", "model": ctx.model_name})
 
 
-@probes.get("/metrics", dependencies=[Depends(require_key_for_metrics)])
+@probes.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -311,3 +311,24 @@ def test_disconnect_storm(server, client) -> None:
     assert metric(server, "vllm:generation_tokens_total") - generated < 200 * 200 / 2
     r = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=4)
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_the_key_is_checked_before_the_body_is_read(server) -> None:
+    """Cheapest check first: a keyless request is a 401 whatever its body is,
+    and the server answers it without waiting for (or buffering) the body."""
+    import socket
+
+    url = server.url("/v1/chat/completions")
+    garbage = httpx.post(url, content=b'{"messages": [}', headers={"content-type": "application/json"})
+    assert_envelope(garbage, 401, "invalid_api_key")
+    oversized = httpx.post(url, content=b"x" * (5 * 1024 * 1024))  # over --max-body-bytes
+    assert_envelope(oversized, 401, "invalid_api_key")
+    assert_envelope(post(server, "/v1/chat/completions", content=b'{"messages": [}'), 400)  # with the key: parsed
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        # Announce a 1 MB body and send none of it: the 401 comes back at once.
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        t0 = time.monotonic()
+        head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 401"), head[:100]
+        assert time.monotonic() - t0 < 2
