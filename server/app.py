@@ -75,6 +75,9 @@ def create_app(
         engine = engine_factory()
         tokenizer = Tokenizer.load(engine.info.tokenizer)
         ctx = build_context(config, engine, tokenizer)
+        if config.metrics_port is not None:
+            ctx.metrics.serve_apart(config.host, config.metrics_port)
+            logger.info("/metrics on %s:%d, not on the API port", config.host, config.metrics_port)
         app.state.ctx = ctx
         app.state.chat = ChatService(ctx)
         app.state.completions = CompletionService(ctx)

@@ -74,6 +74,12 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rate-limit-tpm", type=float, default=None, help="default tokens per minute per key")
     g.add_argument("--metrics-require-key", action="store_true", help="protect /metrics with the API keys too")
     g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics on this port instead of the API port (it shows API key names)",
+    )
+    g.add_argument(
         "--shared-prefix-cache",
         action="store_true",
         help="one prefix cache for all API keys (by default each key has its own: no cross-key timing of prompts)",
@@ -235,6 +241,7 @@ def serve(argv: list[str]) -> int:
         rate_limit_rpm=ns.rate_limit_rpm,
         rate_limit_tpm=ns.rate_limit_tpm,
         metrics_require_key=ns.metrics_require_key,
+        metrics_port=ns.metrics_port,
         log_prompts=ns.log_prompts,
         max_body_bytes=ns.max_body_bytes,
         chat_template=ns.chat_template,

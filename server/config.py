@@ -29,6 +29,8 @@ class GatewayConfig:
     rate_limit_tpm: float | None = None
     # /metrics needs a key too (it is open by default, for Prometheus).
     metrics_require_key: bool = False
+    # /metrics on a listener of its own (same host), and not on the API port.
+    metrics_port: int | None = None
     # Largest request body accepted (413 beyond).
     max_body_bytes: int = 4 * 1024 * 1024
     # Log prompts and outputs (off: only sizes and ids are logged).

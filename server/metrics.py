@@ -8,10 +8,20 @@ engine metrics (`vllm:num_requests_running`, KV-cache use, ...) live.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -107,6 +117,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
+
+    def serve_apart(self, host: str, port: int) -> None:
+        """/metrics on a listener of its own (a daemon thread), so the API port
+        does not show key names and per-key traffic to every API client."""
+        start_http_server(port, addr=host, registry=_Both(self.registry))
+
+
+class _Both(Collector):
+    """The gateway's registry and vLLM's (the process default) as one."""
+
+    def __init__(self, ours: CollectorRegistry) -> None:
+        self.ours = ours
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self.ours.collect()
+        yield from REGISTRY.collect()
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from server import __version__
@@ -251,4 +252,7 @@ async def ready(request: Request) -> Response:
 
 @probes.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    ctx = context(request)
+    if ctx.config.metrics_port is not None:
+        raise StarletteHTTPException(404, f"/metrics is served on port {ctx.config.metrics_port}")
+    return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
