@@ -25,11 +25,14 @@ from server.ratelimit import RateLimiter
 from server.routes import ClientDisconnected, api, probes
 from server.serving.chat import ChatService
 from server.serving.completions import CompletionService
-from server.serving.context import ServingContext, new_request_id
+from server.serving.context import Account, ServingContext, new_request_id
 from server.serving.generation import collect
+from server.serving.prepare_pool import PreparePool
 from server.tokenizer import Tokenizer
 
 logger = logging.getLogger("lemur.app")
+# Threads that render and tokenize prompts (HF tokenizers release the GIL while they encode).
+PREPARE_WORKERS = 4
 
 EngineFactory = Callable[[], Engine]
 
@@ -39,7 +42,7 @@ async def warm_up(ctx: ServingContext) -> None:
     t0 = time.perf_counter()
     prompt = (ctx.tokenizer.special.bos_id or 0,)
     request = EngineRequest(new_request_id("warmup"), prompt, SamplingSpec(max_tokens=1))
-    await collect(ctx, request)
+    await collect(ctx, request, Account("warmup"))
     ctx.state.ready = True
     logger.info("engine warm-up served in %.2fs; ready", time.perf_counter() - t0)
 
@@ -58,7 +61,8 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     limiter = RateLimiter(config.rate_limit_rpm, config.rate_limit_tpm)
     metrics = Metrics(names[0])
     metrics.watch_queue(lambda: admission.waiting)
-    return ServingContext(config, engine, tokenizer, template, metrics, admission, keys, limiter)
+    pool = PreparePool(PREPARE_WORKERS, config.max_queued_requests, engine.info.max_model_len)
+    return ServingContext(config, engine, tokenizer, template, metrics, admission, keys, limiter, pool)
 
 
 def create_app(
@@ -91,6 +95,7 @@ def create_app(
             for task in (warm, watchdog):
                 if task is not None:
                     task.cancel()
+            ctx.pool.shutdown()
             await engine.shutdown()
 
     # The schema is served by our own route, behind the API keys (no open docs pages).

@@ -36,6 +36,10 @@ class TokenBucket:
         self._refill()
         self.level -= amount
 
+    def give(self, amount: float) -> None:
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
 
 class KeyLimiter:
     """Requests-per-minute and tokens-per-minute for one key."""
@@ -45,25 +49,38 @@ class KeyLimiter:
         self.requests = TokenBucket(key.rpm) if key.rpm else None
         self.tokens = TokenBucket(key.tpm) if key.tpm else None
 
-    def admit(self, prompt_tokens: int) -> None:
-        """Charge one request and its prompt, or raise 429 with Retry-After."""
+    def admit(self) -> None:
+        """Before any work: charge one request, or 429 if the key is over its
+        requests per minute or its token bucket is in debt."""
         waits = []
         if self.requests is not None:
             waits.append(self.requests.wait_for(1))
         if self.tokens is not None:
-            # A prompt larger than the whole budget could never pass: it only needs a full bucket.
-            waits.append(self.tokens.wait_for(min(prompt_tokens, self.tokens.capacity)))
-        wait = max(waits, default=0.0)
-        if wait > 0:
-            raise RateLimited(f"rate limit reached for key '{self.key.name}'", retry_after=wait)
+            waits.append(self.tokens.wait_for(0))  # in debt: wait until it is repaid
+        self._refuse_if_waiting(max(waits, default=0.0))
         if self.requests is not None:
             self.requests.take(1)
-        if self.tokens is not None:
-            self.tokens.take(prompt_tokens)
+
+    def reserve(self, tokens: int) -> None:
+        """Reserve a request's most tokens (prompt + n x max_tokens) up front,
+        or 429; `refund` gives back what it did not use. A reservation larger
+        than the whole budget needs a full bucket (and leaves it in debt)."""
+        if self.tokens is None:
+            return
+        self._refuse_if_waiting(self.tokens.wait_for(min(tokens, self.tokens.capacity)))
+        self.tokens.take(tokens)
+
+    def refund(self, tokens: int) -> None:
+        if self.tokens is not None and tokens > 0:
+            self.tokens.give(tokens)
 
     def charge_tokens(self, tokens: int) -> None:
         if self.tokens is not None:
             self.tokens.take(tokens)
+
+    def _refuse_if_waiting(self, wait: float) -> None:
+        if wait > 0:
+            raise RateLimited(f"rate limit reached for key '{self.key.name}'", retry_after=wait)
 
 
 class RateLimiter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,19 +15,20 @@ from starlette.types import Message, Receive, Scope, Send
 
 from server import __version__
 from server.admission import Permit
-from server.engine import EngineDeadError
+from server.engine import EngineDeadError, EngineRequest
 from server.errors import ServiceUnavailable, error_body
 from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
 from server.protocol.common import ModelCard, ModelList, VersionResponse
 from server.protocol.completions import CompletionRequest, CompletionResponse
 from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from server.serving.chat import ChatService, render_messages
-from server.serving.completions import CompletionService
-from server.serving.context import Caller, ServingContext, current_caller
+from server.serving.chat import render_messages
+from server.serving.context import Account, Caller, ServingContext
+from server.serving.generation import most_tokens
 from server.serving.sampling import check_token_ids
 from server.serving.sse import EventStream
 
 T = TypeVar("T")
+B = TypeVar("B", ChatCompletionRequest, CompletionRequest)
 logger = logging.getLogger("lemur.requests")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -40,12 +41,15 @@ class EventStreamResponse(StreamingResponse):
     """SSE response that always closes its event stream, so the engine request
     behind it is aborted even if the client left before the body started, and
     that gives up on a client that stops reading: a write that cannot go out
-    for `write_timeout` seconds (the socket buffers are full) ends it."""
+    for `write_timeout` seconds (the socket buffers are full) ends it.
+    `finish` (release the slot, settle the token budget) runs once at the end."""
 
-    def __init__(self, stream: EventStream, permit: Permit, write_timeout: float, on_slow: Callable[[], None]) -> None:
+    def __init__(
+        self, stream: EventStream, finish: Callable[[], None], write_timeout: float, on_slow: Callable[[], None]
+    ) -> None:
         super().__init__(stream.events, media_type="text/event-stream", headers=SSE_HEADERS)
         self._stream = stream
-        self._permit = permit
+        self._finish = finish
         self._write_timeout = write_timeout
         self._on_slow = on_slow
 
@@ -66,7 +70,7 @@ class EventStreamResponse(StreamingResponse):
             try:
                 await self._stream.aclose()
             finally:
-                self._permit.release()
+                self._finish()
 
 
 class ClientDisconnected(Exception):
@@ -98,38 +102,64 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def respond(
-    request: Request,
-    stream: bool,
-    prompt_tokens: int,
-    sequences: int,
-    start_stream: Callable[[], Awaitable[EventStream]],
-    complete: Callable[[], Awaitable[BaseModel]],
-) -> Response:
-    """Check the caller's limits, admit the request (or refuse it with 429/503),
-    run it, and hold its slot until the response, streamed or not, is over."""
+class Prepared(Protocol):
+    engine_requests: tuple[EngineRequest, ...]
+    account: Account
+
+
+P = TypeVar("P", bound=Prepared)
+
+
+class Service(Protocol[B, P]):
+    """What the serving layer offers a route (ChatService, CompletionService)."""
+
+    def prepare(self, body: B, caller: Caller) -> P: ...
+
+    async def complete(self, prepared: P) -> BaseModel: ...
+
+    async def stream(self, prepared: P) -> EventStream: ...
+
+
+async def serve(request: Request, service: Service[B, P], body: B) -> Response:
+    """The one pipeline of a generation request. Authentication (from the
+    headers), the body-size cap and strict parsing happened before this;
+    then, cheapest first: the key's rate limit, render and tokenize off the
+    event loop, reserve the token budget, admission weighted by sequences,
+    run, stream, and at the end release the slot and settle the budget."""
     ctx = context(request)
     if not ctx.engine.is_alive():
         raise ServiceUnavailable("the inference engine is not running")
     caller: Caller = request.state.caller
     if caller.limits is not None:
-        caller.limits.admit(prompt_tokens)
-    current_caller.set(caller)
+        caller.limits.admit()
+    ctx.pool.check_chars(body.text_chars(), "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
+    prepared = await ctx.pool.run(service.prepare, body, caller)
+    account, stream = prepared.account, bool(body.stream)
+    account.reserve(most_tokens(prepared.engine_requests))
     if ctx.config.log_prompts:
-        logger.info("prompt", extra={"body": await request.json()})
+        logger.info("prompt", extra={"body": body.model_dump(exclude_none=True)})
 
     async def admitted() -> tuple[Permit, EventStream | BaseModel]:
-        permit = await ctx.admission.acquire(sequences)
+        permit = await ctx.admission.acquire(sum(r.sampling.n for r in prepared.engine_requests))
         try:
-            return permit, await (start_stream() if stream else complete())
+            return permit, await (service.stream(prepared) if stream else service.complete(prepared))
         except BaseException:
             permit.release()
             raise
 
-    permit, result = await until_disconnected(request, admitted())
+    try:
+        permit, result = await until_disconnected(request, admitted())
+    except BaseException:
+        account.settle()
+        raise
+
+    def finish() -> None:
+        permit.release()
+        account.settle()
+
     if isinstance(result, EventStream):
-        return EventStreamResponse(result, permit, ctx.config.stream_write_timeout, ctx.metrics.slow_clients.inc)
-    permit.release()
+        return EventStreamResponse(result, finish, ctx.config.stream_write_timeout, ctx.metrics.slow_clients.inc)
+    finish()
     if ctx.config.log_prompts:
         logger.info("output", extra={"response": result.model_dump(exclude_none=True)})
     return JSONResponse(result.model_dump(exclude_none=True))
@@ -142,32 +172,12 @@ probes = APIRouter()
 
 @api.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    service: ChatService = request.app.state.chat
-    prepared = service.prepare(body, request.state.caller)
-    prompt_tokens = len(prepared.engine_request.prompt_token_ids)
-    return await respond(
-        request,
-        body.stream,
-        prompt_tokens,
-        body.n,
-        lambda: service.stream(prepared),
-        lambda: service.complete(prepared),
-    )
+    return await serve(request, request.app.state.chat, body)
 
 
 @api.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    service: CompletionService = request.app.state.completions
-    prepared = service.prepare(body, request.state.caller)
-    prompt_tokens, sequences = prepared.prompt_tokens(), body.n * len(prepared.prompts)
-    return await respond(
-        request,
-        body.stream,
-        prompt_tokens,
-        sequences,
-        lambda: service.stream(prepared),
-        lambda: service.complete(prepared),
-    )
+    return await serve(request, request.app.state.completions, body)
 
 
 def _model_card(ctx: ServingContext, name: str) -> ModelCard:
@@ -193,11 +203,13 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     ctx.resolve_model(body.model)
     caller: Caller = request.state.caller
     if caller.limits is not None:  # a request like any other: the key's RPM (and its tokens to TPM, below)
-        caller.limits.admit(0)
+        caller.limits.admit()
     if body.messages is not None:
-        tokens = render_messages(ctx, body.messages, body.add_generation_prompt)
+        ctx.pool.check_chars(sum(len(m.text()) for m in body.messages), "messages")
+        tokens = await ctx.pool.run(render_messages, ctx, body.messages, body.add_generation_prompt)
     else:
-        tokens = ctx.tokenizer.encode(body.prompt or "", add_special_tokens=body.add_special_tokens)
+        ctx.pool.check_chars(len(body.prompt or ""), "prompt")
+        tokens = await ctx.pool.run(ctx.tokenizer.encode, body.prompt or "", body.add_special_tokens)
     if caller.limits is not None:
         caller.limits.charge_tokens(len(tokens))
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.engine.info.max_model_len, tokens=tokens)

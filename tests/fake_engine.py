@@ -16,12 +16,15 @@ from server.engine.death import EngineDeath
 class FakeEngine:
     """Emits `max_tokens` tokens per choice: the text "t0 t1 t2 ..."."""
 
-    def __init__(self, path: str, vocab_size: int, max_model_len: int = 256, delay: float = 0.0) -> None:
+    def __init__(
+        self, path: str, vocab_size: int, max_model_len: int = 256, delay: float = 0.0, stop_after: int | None = None
+    ) -> None:
         self.info = ModelInfo(
             name="fake", path=path, tokenizer=path, max_model_len=max_model_len,
             vocab_size=vocab_size, created=int(time.time()),
         )  # fmt: skip
         self.delay = delay
+        self.stop_after = stop_after  # finish with "stop" after this many tokens
         self.requests: list[EngineRequest] = []
         self.aborted: list[str] = []
         self.alive = True
@@ -30,13 +33,13 @@ class FakeEngine:
         self.requests.append(request)
         spec = request.sampling
         try:
-            for step in range(spec.max_tokens):
+            steps = min(spec.max_tokens, self.stop_after or spec.max_tokens)
+            finish = "stop" if steps < spec.max_tokens else "length"
+            for step in range(steps):
                 for index in range(spec.n):
-                    last = step == spec.max_tokens - 1
-                    yield EngineOutput(
-                        index=index, text=f" t{step}", token_ids=(10 + step,),
-                        finish_reason="length" if last else None,
-                    )  # fmt: skip
+                    last = step == steps - 1
+                    yield EngineOutput(index=index, text=f" t{step}", token_ids=(10 + step,),
+                                       finish_reason=finish if last else None)  # fmt: skip
                 await asyncio.sleep(self.delay)
         except (GeneratorExit, asyncio.CancelledError):
             self.aborted.append(request.request_id)

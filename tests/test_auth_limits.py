@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.auth import ENV_VAR, KeyStore, hash_line, parse_keys_file
+from server.auth import ANONYMOUS, ENV_VAR, KeyStore, hash_line, parse_keys_file
 from server.config import GatewayConfig
 from server.ratelimit import TokenBucket
 from tests.fake_engine import FakeEngine
@@ -218,3 +218,37 @@ def test_tokenize_is_rate_limited(keyed_client: TestClient) -> None:
     assert statuses == [200, 200, 429]
     r = keyed_client.post("/v1/chat/completions", json=BODY, headers=alice)
     assert r.status_code == 429  # one budget for every route
+
+
+def test_token_budget_is_reserved_up_front_and_refunded() -> None:
+    """tpm: a request reserves prompt + n x max_tokens before it runs (two
+    requests can no longer both start on a budget that fits one), and gets
+    back what it did not use when it ends."""
+    from server.auth import ApiKey
+    from server.ratelimit import KeyLimiter, RateLimited
+    from server.serving.context import Account
+
+    limits = KeyLimiter(ApiKey("carol", b"", tpm=1000))
+    first = Account("carol", limits)
+    first.reserve(900)  # e.g. 100 prompt tokens + max_tokens 800
+    with pytest.raises(RateLimited):
+        Account("carol", limits).reserve(500)  # refused before any token was generated
+    first.use(100 + 40)  # it stopped after 40 tokens
+    first.settle()
+    first.settle()  # once only
+    assert limits.tokens is not None and limits.tokens.level == pytest.approx(1000 - 140, abs=1)
+    Account("carol", limits).reserve(500)  # fits again
+
+
+def test_a_stream_that_ends_early_refunds_its_reservation(tiny_checkpoint: Path) -> None:
+    """Through the gateway (fake engine): the refund happens when the request ends."""
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053, stop_after=3)
+    config = GatewayConfig(served_model_names=("tiny",), rate_limit_tpm=300)
+    with TestClient(create_app(config, lambda: fake)) as client:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200}
+        for stream in (False, True, False):
+            # Each reserves ~212 of 300 tokens; without the refund the second would be a 429.
+            r = client.post("/v1/chat/completions", json={**body, "stream": stream})
+            assert r.status_code == 200, r.text
+        limiter = client.app.state.ctx.limiter.for_key(ANONYMOUS)
+        assert limiter.tokens.level > 250  # 3 x (12 prompt + 3 generated) spent

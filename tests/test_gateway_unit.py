@@ -247,3 +247,16 @@ def test_wire_types_are_strict(app_client, field: str, value: object) -> None:
 def test_ints_are_fine_where_floats_are_expected(app_client) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 1, "top_p": 1}
     assert app_client.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_a_prompt_too_long_in_characters_is_refused_before_tokenizing(app_client) -> None:
+    """No tokenizer fits 70k characters into a 256-token context: refused
+    from the character count alone, off the tokenizer's threads."""
+    for path, body in (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a" * 70000}]}),
+        ("/v1/completions", {"prompt": ["ok", "a" * 70000]}),
+        ("/tokenize", {"prompt": "a" * 70000}),
+    ):
+        r = app_client.post(path, json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", path
+        assert "more than any 1024-token context" in r.json()["error"]["message"]

@@ -61,6 +61,9 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("tools are not supported by this model")
         return self
 
+    def text_chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
+
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 

@@ -30,6 +30,9 @@ class CompletionRequest(SamplingFields):
                 raise ValueError("prompt: token-id prompts must not be empty")
         return self
 
+    def text_chars(self) -> int:
+        return sum(len(p) for p in self.prompts() if isinstance(p, str))
+
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: text, or token ids."""
         p = self.prompt

@@ -23,7 +23,7 @@ from server.protocol.chat import (
     TopLogprob,
 )
 from server.protocol.common import Usage
-from server.serving.context import Caller, ServingContext, new_request_id
+from server.serving.context import Account, Caller, ServingContext, new_request_id
 from server.serving.generation import collect, generate, prime
 from server.serving.limits import check_max_tokens, check_sequences
 from server.serving.sampling import build_sampling
@@ -67,6 +67,11 @@ class PreparedChat:
     engine_request: EngineRequest
     model: str
     created: int
+    account: Account
+
+    @property
+    def engine_requests(self) -> tuple[EngineRequest, ...]:
+        return (self.engine_request,)
 
 
 class ChatService:
@@ -84,10 +89,10 @@ class ChatService:
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(), logprobs=top)
         rid = new_request_id("chatcmpl")
         engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller))
-        return PreparedChat(req, engine_request, model, int(time.time()))
+        return PreparedChat(req, engine_request, model, int(time.time()), caller.account())
 
     async def complete(self, p: PreparedChat) -> ChatCompletionResponse:
-        results = await collect(self.ctx, p.engine_request)
+        results = await collect(self.ctx, p.engine_request, p.account)
         choices = [
             ChatChoice(
                 index=r.index,
@@ -108,7 +113,7 @@ class ChatService:
     async def stream(self, p: PreparedChat) -> EventStream:
         """SSE events. The first engine output is awaited before this returns, so
         errors that happen before any token still get a real HTTP status."""
-        first, outputs = await prime(generate(self.ctx, p.engine_request))
+        first, outputs = await prime(generate(self.ctx, p.engine_request, p.account))
         return EventStream(self._events(p, first, outputs), outputs)
 
     async def _events(

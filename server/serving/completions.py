@@ -16,7 +16,7 @@ from server.protocol.completions import (
     CompletionRequest,
     CompletionResponse,
 )
-from server.serving.context import Caller, ServingContext, new_request_id
+from server.serving.context import Account, Caller, ServingContext, new_request_id
 from server.serving.generation import collect_all, merge, prime
 from server.serving.limits import check_echo_logprobs, check_max_tokens, check_sequences
 from server.serving.sampling import build_sampling, check_token_ids
@@ -36,6 +36,7 @@ class PreparedCompletion:
     engine_requests: tuple[EngineRequest, ...]
     model: str
     created: int
+    account: Account
 
     @property
     def id(self) -> str:
@@ -107,13 +108,13 @@ class CompletionService:
             )
             for i, p in enumerate(prompts)
         )
-        return PreparedCompletion(req, prompts, engine_requests, model, int(time.time()))
+        return PreparedCompletion(req, prompts, engine_requests, model, int(time.time()), caller.account())
 
     async def complete(self, p: PreparedCompletion) -> CompletionResponse:
         n = p.request.n
         choices = []
         completion_tokens = 0
-        for i, results in enumerate(await collect_all(self.ctx, p.engine_requests)):
+        for i, results in enumerate(await collect_all(self.ctx, p.engine_requests, p.account)):
             prompt = p.prompts[i]
             for r in results:
                 completion_tokens += len(r.token_ids)
@@ -137,7 +138,7 @@ class CompletionService:
         )
 
     async def stream(self, p: PreparedCompletion) -> EventStream:
-        first, outputs = await prime(merge(self.ctx, p.engine_requests))
+        first, outputs = await prime(merge(self.ctx, p.engine_requests, p.account))
         return EventStream(self._events(p, first, outputs), outputs)
 
     async def _events(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from server.admission import AdmissionController
@@ -14,6 +13,7 @@ from server.engine import Engine
 from server.errors import ModelNotFound
 from server.metrics import Metrics
 from server.ratelimit import KeyLimiter, RateLimiter
+from server.serving.prepare_pool import PreparePool
 from server.tokenizer import Tokenizer
 
 
@@ -37,6 +37,7 @@ class ServingContext:
     admission: AdmissionController
     keys: KeyStore
     limiter: RateLimiter
+    pool: PreparePool
     state: ServingState = field(default_factory=ServingState)
 
     @property
@@ -64,10 +65,39 @@ class Caller:
     key_name: str
     limits: KeyLimiter | None = None
 
+    def account(self) -> Account:
+        return Account(self.key_name, self.limits)
 
-# Set by the route for the request being served; read by generation to charge
-# the tokens to the caller's budget and metrics.
-current_caller: ContextVar[Caller | None] = ContextVar("lemur_caller", default=None)
+
+@dataclass
+class Account:
+    """What one request may spend and has spent, for its caller's token
+    budget and metrics: reserved up front, used as the engine reports,
+    settled (the unused part refunded) exactly once at the end."""
+
+    key_name: str
+    limits: KeyLimiter | None = None
+    reserved: int = 0
+    used: int = 0
+    settled: bool = False
+
+    def reserve(self, tokens: int) -> None:
+        if self.limits is not None:
+            self.limits.reserve(tokens)  # 429 when over budget
+        self.reserved = tokens
+
+    def use(self, tokens: int) -> None:
+        self.used += tokens
+
+    def settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.limits is not None:
+            if self.used <= self.reserved:
+                self.limits.refund(self.reserved - self.used)
+            else:  # nothing reserved (e.g. a warm-up), or more than reserved: charge the rest
+                self.limits.charge_tokens(self.used - self.reserved)
 
 
 def new_request_id(prefix: str) -> str:

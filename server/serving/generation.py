@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest, TokenLogprob
 from server.errors import APIError, InternalServerError, InvalidRequest, RequestTimeout, ServiceUnavailable
-from server.serving.context import ServingContext, current_caller
+from server.serving.context import Account, ServingContext
 
 T = TypeVar("T")
 
@@ -48,9 +48,8 @@ async def _next_before(outputs: AsyncIterator[EngineOutput], deadline: float | N
         raise RequestTimeout("the request did not finish within the server's request timeout") from None
 
 
-async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-    caller = current_caller.get()
-    tracker = ctx.metrics.track(len(request.prompt_token_ids), caller.key_name if caller else "anonymous")
+async def generate(ctx: ServingContext, request: EngineRequest, account: Account) -> AsyncIterator[EngineOutput]:
+    tracker = ctx.metrics.track(len(request.prompt_token_ids), account.key_name)
     timeout = ctx.config.request_timeout
     deadline = asyncio.get_running_loop().time() + timeout if timeout else None
     reason = "abort"
@@ -83,8 +82,13 @@ async def generate(ctx: ServingContext, request: EngineRequest) -> AsyncIterator
     finally:
         ctx.state.inflight.discard(request.request_id)
         tracker.finish(reason)
-        if caller is not None and caller.limits is not None:
-            caller.limits.charge_tokens(tracker.tokens)
+        account.use(len(request.prompt_token_ids) + tracker.tokens)
+
+
+def most_tokens(requests: Sequence[EngineRequest]) -> int:
+    """The most tokens requests can cost: prompts + n x max_tokens each (what
+    the caller's token budget reserves up front; ignore_eos counts in full)."""
+    return sum(len(r.prompt_token_ids) + r.sampling.n * r.sampling.max_tokens for r in requests)
 
 
 async def prime(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
@@ -122,10 +126,10 @@ class ChoiceResult:
             self.prompt_logprobs = out.prompt_logprobs
 
 
-async def collect(ctx: ServingContext, request: EngineRequest) -> list[ChoiceResult]:
+async def collect(ctx: ServingContext, request: EngineRequest, account: Account) -> list[ChoiceResult]:
     """Run a request to the end; one result per choice, by index."""
     results = [ChoiceResult(i) for i in range(request.sampling.n)]
-    async for out in generate(ctx, request):
+    async for out in generate(ctx, request, account):
         results[out.index].add(out)
     # With n > 1 vLLM sends prompt logprobs with one child only; share them.
     shared = next((r.prompt_logprobs for r in results if r.prompt_logprobs), None)
@@ -134,23 +138,27 @@ async def collect(ctx: ServingContext, request: EngineRequest) -> list[ChoiceRes
     return results
 
 
-async def collect_all(ctx: ServingContext, requests: Sequence[EngineRequest]) -> list[list[ChoiceResult]]:
+async def collect_all(
+    ctx: ServingContext, requests: Sequence[EngineRequest], account: Account
+) -> list[list[ChoiceResult]]:
     """Run several requests concurrently (a completions call with several prompts)."""
     if len(requests) == 1:
-        return [await collect(ctx, requests[0])]
+        return [await collect(ctx, requests[0], account)]
     try:
         # A TaskGroup cancels the sibling prompts as soon as one fails.
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(collect(ctx, r)) for r in requests]
+            tasks = [group.create_task(collect(ctx, r, account)) for r in requests]
     except* APIError as errors:
         raise errors.exceptions[0] from None
     return [t.result() for t in tasks]
 
 
-async def merge(ctx: ServingContext, requests: Sequence[EngineRequest]) -> AsyncIterator[tuple[int, EngineOutput]]:
+async def merge(
+    ctx: ServingContext, requests: Sequence[EngineRequest], account: Account
+) -> AsyncIterator[tuple[int, EngineOutput]]:
     """Interleave the streams of several requests as outputs arrive: (request index, output)."""
     if len(requests) == 1:
-        async with aclosing(generate(ctx, requests[0])) as stream:
+        async with aclosing(generate(ctx, requests[0], account)) as stream:
             async for out in stream:
                 yield 0, out
         return
@@ -160,7 +168,7 @@ async def merge(ctx: ServingContext, requests: Sequence[EngineRequest]) -> Async
 
     async def pump(i: int, request: EngineRequest) -> None:
         try:
-            async with aclosing(generate(ctx, request)) as stream:
+            async with aclosing(generate(ctx, request, account)) as stream:
                 async for out in stream:
                     await queue.put((i, out))
             await queue.put(None)

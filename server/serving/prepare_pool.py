@@ -1,0 +1,48 @@
+"""Rendering and tokenizing off the event loop, with bounds.
+
+A chat template renders in Python and a long prompt takes the tokenizer
+milliseconds to seconds; on the event loop that would stall every stream in
+flight. This pool runs that work on a few threads, lets a bounded number of
+requests wait for them (beyond: 429), and refuses first, for free, a prompt
+whose characters alone could never fit the model's context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from server.admission import RateLimited
+from server.errors import ContextLengthExceeded
+
+T = TypeVar("T")
+
+# No tokenizer packs more characters than this into one token (runs of spaces in
+# code come closest), so a longer prompt is refused before it is tokenized.
+MAX_CHARS_PER_TOKEN = 64
+
+
+class PreparePool:
+    def __init__(self, workers: int, max_waiting: int, max_model_len: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lemur-prepare")
+        self._slots = asyncio.Semaphore(workers + max_waiting)
+        self.max_chars = max(65536, MAX_CHARS_PER_TOKEN * max_model_len)
+
+    def check_chars(self, chars: int, param: str) -> None:
+        if chars > self.max_chars:
+            raise ContextLengthExceeded(
+                f"the prompt has {chars} characters: more than any {self.max_chars // MAX_CHARS_PER_TOKEN}-token "
+                "context can hold. Please shorten it.",
+                param=param,
+            )
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._slots.locked():
+            raise RateLimited("the server is busy preparing other prompts; retry later", retry_after=1.0)
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
