@@ -1,6 +1,7 @@
-"""Slow clients cannot hold the server, on the real engine: slowloris sockets
-are closed by the read deadline, and a stream whose client stops reading is
-cut after the write timeout, its engine request aborted and its slot reused."""
+"""Clients cannot hold or overwork the server, on the real engine: slowloris
+sockets are closed by the read deadline, a stream whose client stops reading
+is cut after the write timeout (its engine request aborted, its slot reused),
+and /tokenize counts against the key's rate limit."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.auth import hash_line
 from tests.conftest import API_KEY, LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LIMITED_KEY = "sk-lemur-three-per-minute"
 DEADLINE_S = 2.0
 WRITE_TIMEOUT_S = 2.0
 MESSAGES = [{"role": "user", "content": "Write a Python function that reverses a list."}]
@@ -28,7 +31,10 @@ MESSAGES = [{"role": "user", "content": "Write a Python function that reverses a
 @pytest.fixture(scope="module")
 def guarded(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("slow") / "server.log"
-    extra = ["--api-key", API_KEY, "--read-deadline", str(DEADLINE_S), "--stream-write-timeout",
+    keys = log.parent / "keys.txt"
+    keys.write_text(f"{hash_line(API_KEY, 'main')}\n{hash_line(LIMITED_KEY, 'limited')} rpm=3\n")
+    keys.chmod(0o600)
+    extra = ["--api-keys-file", str(keys), "--read-deadline", str(DEADLINE_S), "--stream-write-timeout",
              str(WRITE_TIMEOUT_S), "--max-concurrent-requests", "1"]  # fmt: skip
     server = start_server(tiny_checkpoint, log, extra)
     yield server
@@ -127,3 +133,13 @@ def test_a_stream_that_is_never_read_is_cut_and_its_slot_reused(guarded: LiveSer
             break
         time.sleep(0.2)
     assert busy == 0, "the cut stream's engine request is still running"
+
+
+def test_tokenize_is_rate_limited(guarded: LiveServer) -> None:
+    """/tokenize runs the tokenizer like any prompt: a key with rpm=3 gets 429 on the 4th call."""
+    headers = {"Authorization": f"Bearer {LIMITED_KEY}"}
+    body = {"prompt": "def main():\n    return 0\n" * 200}
+    statuses = [httpx.post(guarded.url("/tokenize"), json=body, headers=headers, timeout=30) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+    assert statuses[-1].json()["error"]["code"] == "rate_limit_exceeded" and "limited" in statuses[-1].text
+    assert int(statuses[-1].headers["Retry-After"]) >= 1
