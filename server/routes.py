@@ -132,8 +132,9 @@ async def serve(request: Request, service: Service[B, P], body: B) -> Response:
     caller: Caller = request.state.caller
     if caller.limits is not None:
         caller.limits.admit()
-    ctx.pool.check_chars(body.text_chars(), "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
-    prepared = await ctx.pool.run(service.prepare, body, caller)
+    chars = body.text_chars()
+    ctx.pool.check_chars(chars, "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
+    prepared = await ctx.pool.run(service.prepare, body, caller, chars=chars)
     account, stream = prepared.account, bool(body.stream)
     account.reserve(most_tokens(prepared.engine_requests))
     if ctx.config.log_prompts:
@@ -205,11 +206,13 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     if caller.limits is not None:  # a request like any other: the key's RPM (and its tokens to TPM, below)
         caller.limits.admit()
     if body.messages is not None:
-        ctx.pool.check_chars(sum(len(m.text()) for m in body.messages), "messages")
-        tokens = await ctx.pool.run(render_messages, ctx, body.messages, body.add_generation_prompt)
+        chars = sum(len(m.text()) for m in body.messages)
+        ctx.pool.check_chars(chars, "messages")
+        tokens = await ctx.pool.run(render_messages, ctx, body.messages, body.add_generation_prompt, chars=chars)
     else:
-        ctx.pool.check_chars(len(body.prompt or ""), "prompt")
-        tokens = await ctx.pool.run(ctx.tokenizer.encode, body.prompt or "", body.add_special_tokens)
+        chars = len(body.prompt or "")
+        ctx.pool.check_chars(chars, "prompt")
+        tokens = await ctx.pool.run(ctx.tokenizer.encode, body.prompt or "", body.add_special_tokens, chars=chars)
     if caller.limits is not None:
         caller.limits.charge_tokens(len(tokens))
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.engine.info.max_model_len, tokens=tokens)

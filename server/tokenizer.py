@@ -67,7 +67,12 @@ class Tokenizer:
         self._bytes_cache: dict[int, bytes] = {}
         self._byte_decoder = _byte_level_decoder(hf)
         # Every added token (<s>, </s>, <|im_start|>, ...): what text must never become.
-        self.control_ids = frozenset(getattr(hf, "added_tokens_decoder", {})) | frozenset(hf.all_special_ids)
+        added = getattr(hf, "added_tokens_decoder", {})
+        self.control_ids = frozenset(added) | frozenset(hf.all_special_ids)
+        self.control_texts = tuple(sorted({str(t) for t in added.values()} | set(hf.all_special_tokens)))
+        # Partial spellings, for text that could complete a control token with its neighbours.
+        self._heads = tuple({c[:k] for c in self.control_texts for k in range(1, len(c))})
+        self._tails = tuple({c[k:] for c in self.control_texts for k in range(1, len(c))})
 
     @classmethod
     def load(cls, path: str, revision: str | None = None, trust_remote_code: bool = False) -> Tokenizer:
@@ -88,8 +93,9 @@ class Tokenizer:
         return list(self._hf.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def has_control_text(self, text: str) -> bool:
-        """Whether a plain tokenization of `text` would yield a control token."""
-        return any(t in self.control_ids for t in self.encode(text, add_special_tokens=False))
+        """Whether `text` spells a control token (`<|im_end|>`, `</s>`, ...),
+        or could with the text around it (it starts or ends with part of one)."""
+        return any(t in text for t in self.control_texts) or text.endswith(self._heads) or text.startswith(self._tails)
 
     def encode_prompt(self, prompt: str, data_spans: Sequence[tuple[int, int]]) -> list[int]:
         """Token ids of a rendered prompt whose template markers are control

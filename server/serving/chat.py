@@ -36,13 +36,15 @@ def render_messages(ctx: ServingContext, messages: Sequence[ChatMessage], add_ge
     forge a turn; only the template's own markers are control tokens. The
     template adds `<s>` itself."""
     turns = [{"role": m.template_role(), "content": m.text()} for m in messages]
+    if not any(ctx.tokenizer.has_control_text(t["content"]) for t in turns):
+        # Nothing in the contents could become a control token: tokenize whole (the fast path).
+        prompt = ctx.template.render(turns, add_generation_prompt=add_generation_prompt)
+        return ctx.tokenizer.encode(prompt, add_special_tokens=False)
     prompt, spans = ctx.template.render_with_spans(turns, add_generation_prompt=add_generation_prompt)
     if spans is None:
         # This template transforms contents, so we cannot tell where they are;
         # refuse what would turn into control tokens rather than guess.
-        if any(ctx.tokenizer.has_control_text(t["content"]) for t in turns):
-            raise InvalidRequest("message content contains control-token text, which this chat template cannot escape")
-        spans = []
+        raise InvalidRequest("message content contains control-token text, which this chat template cannot escape")
     return ctx.tokenizer.encode_prompt(prompt, spans)
 
 
