@@ -132,9 +132,8 @@ async def serve(request: Request, service: Service[B, P], body: B) -> Response:
     caller: Caller = request.state.caller
     if caller.limits is not None:
         caller.limits.admit()
-    chars = body.text_chars()
-    ctx.pool.check_chars(chars, "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
-    prepared = await ctx.pool.run(service.prepare, body, caller, chars=chars)
+    param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+    prepared = await ctx.pool.run(service.prepare, body, caller, chars=body.text_chars(), param=param)
     account, stream = prepared.account, bool(body.stream)
     account.reserve(most_tokens(prepared.engine_requests))
     if ctx.config.log_prompts:
@@ -207,12 +206,11 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         caller.limits.admit()
     if body.messages is not None:
         chars = sum(len(m.text()) for m in body.messages)
-        ctx.pool.check_chars(chars, "messages")
-        tokens = await ctx.pool.run(render_messages, ctx, body.messages, body.add_generation_prompt, chars=chars)
+        args = (render_messages, ctx, body.messages, body.add_generation_prompt)
+        tokens = await ctx.pool.run(*args, chars=chars, param="messages")
     else:
-        chars = len(body.prompt or "")
-        ctx.pool.check_chars(chars, "prompt")
-        tokens = await ctx.pool.run(ctx.tokenizer.encode, body.prompt or "", body.add_special_tokens, chars=chars)
+        args = (ctx.tokenizer.encode, body.prompt or "", body.add_special_tokens)
+        tokens = await ctx.pool.run(*args, chars=len(body.prompt or ""), param="prompt")
     if caller.limits is not None:
         caller.limits.charge_tokens(len(tokens))
     return TokenizeResponse(count=len(tokens), max_model_len=ctx.engine.info.max_model_len, tokens=tokens)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -91,6 +92,11 @@ def bind_cpu_ranks(args: AsyncEngineArgs) -> None:
     logger.info("%d CPU ranks: %s=%s%s", world_size, THREADS_BIND_ENV, binding.value, shared)
 
 
+def _dtype_name(dtype: object) -> str:
+    """torch.bfloat16 (or "torch.bfloat16") -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class ServingDefaults:
     """What vLLM resolves for a model before loading it (for `lemur env`)."""
@@ -110,11 +116,11 @@ def serving_defaults(model: str, dtype: str = "auto") -> ServingDefaults:
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     head_size = config.get_head_size()
     kv_bytes = 2 * text.num_hidden_layers * kv_heads * head_size * config.dtype.itemsize
-    checkpoint = str(getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "unknown")
+    checkpoint = getattr(text, "dtype", None) or getattr(text, "torch_dtype", None) or "unknown"
     return ServingDefaults(
         platform=current_platform.device_type,
-        dtype=str(config.dtype).removeprefix("torch."),
-        checkpoint_dtype=checkpoint.removeprefix("torch."),
+        dtype=_dtype_name(config.dtype),
+        checkpoint_dtype=_dtype_name(checkpoint),
         max_model_len=config.max_model_len,
         kv_bytes_per_token=kv_bytes,
     )
@@ -186,7 +192,7 @@ class VllmEngine:
             max_model_len=cfg.max_model_len,
             vocab_size=cfg.get_vocab_size(),
             created=int(time.time()),
-            dtype=str(cfg.dtype).removeprefix("torch."),
+            dtype=_dtype_name(cfg.dtype),
             generation_defaults={k: defaults[k] for k in _DEFAULT_KEYS if k in defaults},
         )
 
@@ -266,3 +272,5 @@ class VllmEngine:
 
     async def shutdown(self) -> None:
         self._llm.shutdown()
+        if self._events is not None:
+            shutil.rmtree(self._events.parent, ignore_errors=True)

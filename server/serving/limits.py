@@ -16,8 +16,8 @@ class LimitExceeded(InvalidRequest):
     code = "limit_exceeded"
 
 
-def check_sequences(config: GatewayConfig, n: int, prompts: int) -> int:
-    """Sequences a request asks for (n x prompts), or a 400 over the limit."""
+def check_sequences(config: GatewayConfig, n: int, prompts: int) -> None:
+    """400 when a request asks for more sequences (n x prompts) than allowed."""
     sequences = n * prompts
     if sequences > config.max_sequences_per_request:
         detail = f"n={n}" if prompts == 1 else f"n={n} x {prompts} prompts"
@@ -26,7 +26,6 @@ def check_sequences(config: GatewayConfig, n: int, prompts: int) -> int:
             f"{config.max_sequences_per_request} per request (--max-sequences-per-request)",
             param="n",
         )
-    return sequences
 
 
 def check_max_tokens(config: GatewayConfig, requested: int | None, param: str = "max_tokens") -> None:
