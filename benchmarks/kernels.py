@@ -52,6 +52,8 @@ class Row:
     vs_torch: float | None  # torch time / our time (> 1: ours is faster)
     vs_vllm: float | None
     max_err: float | None  # None: the twin did not fit in memory for this shape
+    graph_ms: float | None = None  # CUDA-graph replay, cold L2: the kernel without launch overhead
+    graph_pct_copy: float | None = None
 
 
 def bench(fn: Callable[[], object], device: torch.device) -> float:
@@ -70,6 +72,49 @@ def bench(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+FLUSH_BYTES = 256 << 20  # well above any L2 (H100 50 MB, H200 60 MB)
+
+
+def bench_graph(fn: Callable[[], object], device: torch.device, calls: int = 10, reps: int = 25) -> float | None:
+    """Median milliseconds per call with the launch overhead removed, as vLLM's
+    decode runs (inside CUDA graphs). Two graphs are captured: `calls` times
+    (flush L2, fn) and `calls` times (flush L2); the difference of their replay
+    times, paired per repetition, is fn's cold-cache time. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture: Triton compiles, the allocator settles
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+    def capture(with_fn: bool) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                flush.zero_()
+                if with_fn:
+                    fn()
+        return graph
+
+    graphs = (capture(True), capture(False))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def replay_ms(graph: torch.cuda.CUDAGraph) -> float:
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    for graph in graphs:
+        replay_ms(graph)
+    diffs = [replay_ms(graphs[0]) - replay_ms(graphs[1]) for _ in range(reps)]
+    return max(statistics.median(diffs) / calls, 1e-6)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int) -> float:
@@ -107,9 +152,16 @@ class Runner:
                 vllm_ms = bench(vllm, self.device)
             except Exception as e:  # report, don't hide: the column says n/a
                 print(f"  vLLM {op} {shape}: {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)
+        graph_ms = None
+        try:
+            graph_ms = bench_graph(ours, self.device)
+        except Exception as e:  # a launcher that cannot be captured: say so, keep the eager numbers
+            print(f"  graph capture {op} {shape}: {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)
         gbps = nbytes / ms / 1e6
+        graph_pct = 100 * nbytes / graph_ms / 1e6 / self.copy_gbps if graph_ms else None
         row = Row(op, shape, ms, nbytes / 1e9, gbps, 100 * gbps / self.copy_gbps,
-                  torch_ms / ms if torch_ms else None, vllm_ms / ms if vllm_ms else None, err)  # fmt: skip
+                  torch_ms / ms if torch_ms else None, vllm_ms / ms if vllm_ms else None, err,
+                  graph_ms, graph_pct)  # fmt: skip
         self.rows.append(row)
         print(format_row(row), flush=True)
 
@@ -240,7 +292,9 @@ def fmt(x: float | None, spec: str) -> str:
 
 
 def format_row(row: Row) -> str:
+    graph_us = row.graph_ms * 1e3 if row.graph_ms else None
     return (f"| {row.op} | {row.shape} | {row.ms * 1e3:.1f} | {row.gbps:.0f} | {row.pct_copy:.0f} % | "
+            f"{fmt(graph_us, '.1f')} | {fmt(row.graph_pct_copy, '.0f')} | "
             f"{fmt(row.vs_torch, '.2f')} | {fmt(row.vs_vllm, '.2f')} | {fmt(row.max_err, '.1e')} |")  # fmt: skip
 
 
@@ -258,7 +312,8 @@ def goal_lines(rows: list[Row]) -> list[str]:
         ("fused add-RMSNorm (T >= 4096)", norm, 85),
     ):
         if subset:
-            worst = min(r.pct_copy for r in subset)
+            # Judged on the graph time where there is one: vLLM runs decode inside CUDA graphs.
+            worst = min(r.graph_pct_copy or r.pct_copy for r in subset)
             lines.append(f"goal {name}: worst {worst:.0f} % of copy bandwidth (goal {goal} %): "
                          f"{'met' if worst >= goal else 'NOT met'}")  # fmt: skip
     return lines
@@ -281,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     copy_gbps = copy_bandwidth(device, 1 << 22 if args.smoke else 1 << 30)
     print(f"# {name}, {date.today()}, torch {torch.__version__}; device-to-device copy: {copy_gbps:.0f} GB/s\n")
-    print("| op | shape | time (us) | GB/s | % of copy | vs torch twin | vs vLLM op | max err |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| op | shape | time (us) | GB/s | % of copy | graph time (us) | graph % of copy | vs torch twin "
+          "| vs vLLM op | max err |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     r = Runner(device, copy_gbps)
     if args.smoke:
         norm_and_act_cases(r, [3], [8], hidden=256, inter=1024)
