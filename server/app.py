@@ -26,8 +26,8 @@ from server.routes import ClientDisconnected, api, probes
 from server.serving.chat import ChatService
 from server.serving.completions import CompletionService
 from server.serving.context import Account, ServingContext, new_request_id
-from server.serving.generation import collect
 from server.serving.prepare_pool import PreparePool
+from server.serving.respond import collect
 from server.tokenizer import Tokenizer
 
 logger = logging.getLogger("lemur.app")
@@ -42,7 +42,7 @@ async def warm_up(ctx: ServingContext) -> None:
     t0 = time.perf_counter()
     prompt = (ctx.tokenizer.special.bos_id or 0,)
     request = EngineRequest(new_request_id("warmup"), prompt, SamplingSpec(max_tokens=1))
-    await collect(ctx, request, Account("warmup"))
+    await collect(ctx, (request,), Account("warmup"))
     ctx.state.ready = True
     logger.info("engine warm-up served in %.2fs; ready", time.perf_counter() - t0)
 

@@ -15,15 +15,17 @@ from starlette.types import Message, Receive, Scope, Send
 
 from server import __version__
 from server.admission import Permit
-from server.engine import EngineDeadError, EngineRequest
+from server.engine import EngineDeadError
 from server.errors import ServiceUnavailable, error_body
 from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
 from server.protocol.common import ModelCard, ModelList, VersionResponse
 from server.protocol.completions import CompletionRequest, CompletionResponse
 from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.serving import respond
 from server.serving.chat import render_messages
-from server.serving.context import Account, Caller, ServingContext
+from server.serving.context import Caller, ServingContext
 from server.serving.generation import most_tokens
+from server.serving.respond import Prepared
 from server.serving.sampling import check_token_ids
 from server.serving.sse import EventStream
 
@@ -102,25 +104,14 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-class Prepared(Protocol):
-    engine_requests: tuple[EngineRequest, ...]
-    account: Account
+class Service(Protocol[B]):
+    """What an endpoint's serving class offers (ChatService, CompletionService):
+    turning its body into engine requests and a way to answer."""
+
+    def prepare(self, body: B, caller: Caller) -> Prepared: ...
 
 
-P = TypeVar("P", bound=Prepared)
-
-
-class Service(Protocol[B, P]):
-    """What the serving layer offers a route (ChatService, CompletionService)."""
-
-    def prepare(self, body: B, caller: Caller) -> P: ...
-
-    async def complete(self, prepared: P) -> BaseModel: ...
-
-    async def stream(self, prepared: P) -> EventStream: ...
-
-
-async def serve(request: Request, service: Service[B, P], body: B) -> Response:
+async def serve(request: Request, service: Service[B], body: B) -> Response:
     """The one pipeline of a generation request. Authentication (from the
     headers), the body-size cap and strict parsing happened before this;
     then, cheapest first: the key's rate limit, render and tokenize off the
@@ -140,9 +131,9 @@ async def serve(request: Request, service: Service[B, P], body: B) -> Response:
         logger.info("prompt", extra={"body": body.model_dump(exclude_none=True)})
 
     async def admitted() -> tuple[Permit, EventStream | BaseModel]:
-        permit = await ctx.admission.acquire(sum(r.sampling.n for r in prepared.engine_requests))
+        permit = await ctx.admission.acquire(prepared.sequences())
         try:
-            return permit, await (service.stream(prepared) if stream else service.complete(prepared))
+            return permit, await (respond.stream(ctx, prepared) if stream else respond.complete(ctx, prepared))
         except BaseException:
             permit.release()
             raise

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import Sequence
+
+from pydantic import BaseModel
 
 from server.engine import EngineOutput, EngineRequest, TokenLogprob
-from server.errors import APIError, InvalidRequest
+from server.errors import InvalidRequest
 from server.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -23,11 +23,10 @@ from server.protocol.chat import (
     TopLogprob,
 )
 from server.protocol.common import Usage
-from server.serving.context import Account, Caller, ServingContext, new_request_id
-from server.serving.generation import collect, generate, prime
+from server.serving.context import Caller, ServingContext, new_request_id
 from server.serving.limits import check_max_tokens, check_sequences
+from server.serving.respond import ChoiceResult, Prepared
 from server.serving.sampling import build_sampling
-from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
 
 
 def render_messages(ctx: ServingContext, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> list[int]:
@@ -63,24 +62,50 @@ def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprob
     )
 
 
-@dataclass(frozen=True)
-class PreparedChat:
-    request: ChatCompletionRequest
-    engine_request: EngineRequest
-    model: str
-    created: int
-    account: Account
+class ChatAnswer:
+    """Chat completion objects for one request (see respond.Answer)."""
 
-    @property
-    def engine_requests(self) -> tuple[EngineRequest, ...]:
-        return (self.engine_request,)
+    def __init__(self, ctx: ServingContext, req: ChatCompletionRequest, rid: str, model: str) -> None:
+        self.ctx, self.req, self.rid, self.model = ctx, req, rid, model
+        self.created = int(time.time())
+        self.include_usage = req.include_usage()
+
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.rid, created=self.created, model=self.model, choices=choices, usage=usage)
+
+    def opening(self) -> list[BaseModel]:
+        role = ChatDelta(role="assistant", content="")
+        return [self._chunk([ChatChunkChoice(index=i, delta=role, finish_reason=None)]) for i in range(self.req.n)]
+
+    def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
+        if not out.text and out.finish_reason is None and not out.logprobs:
+            return None  # e.g. a token that is half of a UTF-8 character
+        choice = ChatChunkChoice(index=out.index, delta=ChatDelta(content=out.text), finish_reason=out.finish_reason)
+        if self.req.logprobs and out.logprobs:
+            choice.logprobs = _logprobs(self.ctx, out.logprobs)
+        return self._chunk([choice])
+
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        return self._chunk([], usage)
+
+    def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
+        choices = [
+            ChatChoice(
+                index=r.index,
+                message=ChatResponseMessage(content=r.text),
+                logprobs=_logprobs(self.ctx, r.logprobs) if self.req.logprobs else None,
+                finish_reason=r.finish_reason,
+            )
+            for r in results[0]
+        ]
+        return ChatCompletionResponse(id=self.rid, created=self.created, model=self.model, choices=choices, usage=usage)
 
 
 class ChatService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    def prepare(self, req: ChatCompletionRequest, caller: Caller) -> PreparedChat:
+    def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
         ctx = self.ctx
         model = ctx.resolve_model(req.model)
         check_sequences(ctx.config, req.n, prompts=1)
@@ -91,71 +116,4 @@ class ChatService:
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(), logprobs=top)
         rid = new_request_id("chatcmpl")
         engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller))
-        return PreparedChat(req, engine_request, model, int(time.time()), caller.account())
-
-    async def complete(self, p: PreparedChat) -> ChatCompletionResponse:
-        results = await collect(self.ctx, p.engine_request, p.account)
-        choices = [
-            ChatChoice(
-                index=r.index,
-                message=ChatResponseMessage(content=r.text),
-                logprobs=_logprobs(self.ctx, r.logprobs) if p.request.logprobs else None,
-                finish_reason=r.finish_reason,
-            )
-            for r in results
-        ]
-        return ChatCompletionResponse(
-            id=p.engine_request.request_id,
-            created=p.created,
-            model=p.model,
-            choices=choices,
-            usage=Usage.of(len(p.engine_request.prompt_token_ids), sum(len(r.token_ids) for r in results)),
-        )
-
-    async def stream(self, p: PreparedChat) -> EventStream:
-        """SSE events. The first engine output is awaited before this returns, so
-        errors that happen before any token still get a real HTTP status."""
-        first, outputs = await prime(generate(self.ctx, p.engine_request, p.account))
-        return EventStream(self._events(p, first, outputs), outputs)
-
-    async def _events(
-        self, p: PreparedChat, first: EngineOutput | None, outputs: AsyncIterator[EngineOutput]
-    ) -> AsyncIterator[str]:
-        rid, model, created = p.engine_request.request_id, p.model, p.created
-        with_usage = p.request.include_usage()
-
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-            extra = {"usage": usage} if with_usage else {}
-            return sse(ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, **extra))
-
-        completion_tokens = 0
-        # The role chunks go out in the same write as the first content, so a
-        # client sees the first token no later than the role.
-        pending = "".join(
-            chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""), finish_reason=None)])
-            for i in range(p.engine_request.sampling.n)
-        )
-        async with aclosing(outputs):
-            try:
-                out = first
-                while out is not None:
-                    completion_tokens += len(out.token_ids)
-                    if event := self._delta(p, out, chunk):
-                        yield pending + event
-                        pending = ""
-                    out = await anext(outputs, None)
-            except APIError as exc:
-                yield pending + sse_error(exc)
-                yield SSE_DONE
-                return
-        if with_usage:
-            pending += chunk([], Usage.of(len(p.engine_request.prompt_token_ids), completion_tokens))
-        yield pending + SSE_DONE
-
-    def _delta(self, p: PreparedChat, out: EngineOutput, chunk: Callable[..., str]) -> str | None:
-        if not out.text and out.finish_reason is None and not out.logprobs:
-            return None  # e.g. a token that is half of a UTF-8 character
-        choice = ChatChunkChoice(index=out.index, delta=ChatDelta(content=out.text), finish_reason=out.finish_reason)
-        if p.request.logprobs and out.logprobs:
-            choice.logprobs = _logprobs(self.ctx, out.logprobs)
-        return chunk([choice])
+        return Prepared((engine_request,), caller.account(), ChatAnswer(ctx, req, rid, model))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from server.engine import EngineOutput, EngineRequest, TokenLogprob
-from server.errors import APIError
 from server.protocol.common import Usage
 from server.protocol.completions import (
     CompletionChoice,
@@ -16,34 +16,17 @@ from server.protocol.completions import (
     CompletionRequest,
     CompletionResponse,
 )
-from server.serving.context import Account, Caller, ServingContext, new_request_id
-from server.serving.generation import collect_all, merge, prime
+from server.serving.context import Caller, ServingContext, new_request_id
 from server.serving.limits import check_echo_logprobs, check_max_tokens, check_sequences
+from server.serving.respond import ChoiceResult, Prepared
 from server.serving.sampling import build_sampling, check_token_ids
-from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
+from server.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
 class PromptInput:
     text: str
     token_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class PreparedCompletion:
-    request: CompletionRequest
-    prompts: tuple[PromptInput, ...]
-    engine_requests: tuple[EngineRequest, ...]
-    model: str
-    created: int
-    account: Account
-
-    @property
-    def id(self) -> str:
-        return self.engine_requests[0].request_id.rsplit("-", 1)[0]
-
-    def prompt_tokens(self) -> int:
-        return sum(len(p.token_ids) for p in self.prompts)
 
 
 def _logprobs(items: Sequence[TokenLogprob | None], start_offset: int, first_token: str = "") -> CompletionLogprobs:
@@ -67,6 +50,67 @@ def _logprobs(items: Sequence[TokenLogprob | None], start_offset: int, first_tok
     return out
 
 
+class CompletionAnswer:
+    """text_completion objects for one request (see respond.Answer). Choice
+    `i * n + j` is prompt i's j-th sample; echo prefixes each choice's first
+    text (and its logprobs) with the prompt's."""
+
+    def __init__(self, tokenizer: Tokenizer, req: CompletionRequest, prompts: tuple[PromptInput, ...], rid: str,
+                 model: str) -> None:  # fmt: skip
+        self.tokenizer, self.req, self.prompts, self.id, self.model = tokenizer, req, prompts, rid, model
+        self.created = int(time.time())
+        self.include_usage = req.include_usage()
+        self._echoed: set[int] = set()
+        # With n > 1, vLLM sends a prompt's logprobs with one choice only; every
+        # choice echoes the prompt, so remember them per prompt.
+        self._prompt_lps: dict[int, tuple[TokenLogprob | None, ...]] = {}
+        self._offsets: dict[int, int] = {}
+
+    def _first_token(self, prompt_index: int) -> str:
+        return self.tokenizer.decode(list(self.prompts[prompt_index].token_ids[:1]), skip_special_tokens=True)
+
+    def _object(self, choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
+        return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+
+    def opening(self) -> list[BaseModel]:
+        return []
+
+    def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
+        index = prompt_index * self.req.n + out.index
+        text = out.text
+        lp_items: list[TokenLogprob | None] = list(out.logprobs or [])
+        if out.prompt_logprobs is not None:
+            self._prompt_lps[prompt_index] = out.prompt_logprobs
+        if self.req.echo and index not in self._echoed:
+            self._echoed.add(index)
+            text = self.prompts[prompt_index].text + text
+            lp_items = list(self._prompt_lps.get(prompt_index, ())) + lp_items
+        if not text and out.finish_reason is None and not lp_items:
+            return None
+        choice = CompletionChoice(index=index, text=text, finish_reason=out.finish_reason)
+        if self.req.logprobs is not None:
+            choice.logprobs = _logprobs(lp_items, self._offsets.get(index, 0), self._first_token(prompt_index))
+        self._offsets[index] = self._offsets.get(index, 0) + len(text)
+        return self._object([choice])
+
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        return self._object([], usage)
+
+    def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
+        req, choices = self.req, []
+        for i, prompt_results in enumerate(results):
+            for r in prompt_results:
+                logprobs = None
+                if req.logprobs is not None:
+                    items: list[TokenLogprob | None] = [*(r.prompt_logprobs or ())] if req.echo else []
+                    items.extend(r.logprobs)
+                    logprobs = _logprobs(items, 0, self._first_token(i))
+                text = (self.prompts[i].text if req.echo else "") + r.text
+                choices.append(CompletionChoice(index=i * req.n + r.index, text=text, logprobs=logprobs,
+                                                finish_reason=r.finish_reason))  # fmt: skip
+        return self._object(choices, usage)
+
+
 class CompletionService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
@@ -78,10 +122,7 @@ class CompletionService:
         check_token_ids(prompt, self.ctx.engine.info.vocab_size, "prompt")
         return PromptInput(tok.decode(prompt), tuple(prompt))
 
-    def _first_token(self, prompt: PromptInput) -> str:
-        return self.ctx.tokenizer.decode(list(prompt.token_ids[:1]), skip_special_tokens=True)
-
-    def prepare(self, req: CompletionRequest, caller: Caller) -> PreparedCompletion:
+    def prepare(self, req: CompletionRequest, caller: Caller) -> Prepared:
         config = self.ctx.config
         model = self.ctx.resolve_model(req.model)
         raw_prompts = req.prompts()
@@ -108,85 +149,5 @@ class CompletionService:
             )
             for i, p in enumerate(prompts)
         )
-        return PreparedCompletion(req, prompts, engine_requests, model, int(time.time()), caller.account())
-
-    async def complete(self, p: PreparedCompletion) -> CompletionResponse:
-        n = p.request.n
-        choices = []
-        completion_tokens = 0
-        for i, results in enumerate(await collect_all(self.ctx, p.engine_requests, p.account)):
-            prompt = p.prompts[i]
-            for r in results:
-                completion_tokens += len(r.token_ids)
-                text = (prompt.text if p.request.echo else "") + r.text
-                logprobs = None
-                if p.request.logprobs is not None:
-                    items: list[TokenLogprob | None] = []
-                    if p.request.echo:
-                        items.extend(r.prompt_logprobs or ())
-                    items.extend(r.logprobs)
-                    logprobs = _logprobs(items, 0, self._first_token(prompt))
-                choices.append(
-                    CompletionChoice(index=i * n + r.index, text=text, logprobs=logprobs, finish_reason=r.finish_reason)
-                )
-        return CompletionResponse(
-            id=p.id,
-            created=p.created,
-            model=p.model,
-            choices=choices,
-            usage=Usage.of(p.prompt_tokens(), completion_tokens),
-        )
-
-    async def stream(self, p: PreparedCompletion) -> EventStream:
-        first, outputs = await prime(merge(self.ctx, p.engine_requests, p.account))
-        return EventStream(self._events(p, first, outputs), outputs)
-
-    async def _events(
-        self,
-        p: PreparedCompletion,
-        first: tuple[int, EngineOutput] | None,
-        outputs: AsyncIterator[tuple[int, EngineOutput]],
-    ) -> AsyncIterator[str]:
-        req, n = p.request, p.request.n
-        with_usage = req.include_usage()
-        echoed: set[int] = set()
-        # With n > 1, vLLM sends a prompt's logprobs with one choice only; every
-        # choice echoes the prompt, so remember them per prompt.
-        prompt_lps: dict[int, tuple[TokenLogprob | None, ...]] = {}
-        offsets: dict[int, int] = {}
-        completion_tokens = 0
-
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-            extra = {"usage": usage} if with_usage else {}
-            return sse(CompletionResponse(id=p.id, created=p.created, model=p.model, choices=choices, **extra))
-
-        async with aclosing(outputs):
-            try:
-                item = first
-                while item is not None:
-                    prompt_index, out = item
-                    index = prompt_index * n + out.index
-                    completion_tokens += len(out.token_ids)
-                    text = out.text
-                    lp_items: list[TokenLogprob | None] = list(out.logprobs or [])
-                    if out.prompt_logprobs is not None:
-                        prompt_lps[prompt_index] = out.prompt_logprobs
-                    if req.echo and index not in echoed:
-                        echoed.add(index)
-                        text = p.prompts[prompt_index].text + text
-                        lp_items = list(prompt_lps.get(prompt_index, ())) + lp_items
-                    if text or out.finish_reason is not None or lp_items:
-                        choice = CompletionChoice(index=index, text=text, finish_reason=out.finish_reason)
-                        if req.logprobs is not None:
-                            first_token = self._first_token(p.prompts[prompt_index])
-                            choice.logprobs = _logprobs(lp_items, offsets.get(index, 0), first_token)
-                        offsets[index] = offsets.get(index, 0) + len(text)
-                        yield chunk([choice])
-                    item = await anext(outputs, None)
-            except APIError as exc:
-                yield sse_error(exc)
-                yield SSE_DONE
-                return
-        if with_usage:
-            yield chunk([], Usage.of(p.prompt_tokens(), completion_tokens))
-        yield SSE_DONE
+        answer = CompletionAnswer(self.ctx.tokenizer, req, prompts, rid, model)
+        return Prepared(engine_requests, caller.account(), answer)

@@ -1,4 +1,4 @@
-"""Running engine requests: metrics, error mapping, aggregation, fan-in.
+"""Running engine requests: metrics, error mapping, fan-in.
 
 `generate` is the one wrapper around `Engine.generate`: it tracks metrics,
 maps engine errors to API errors, and makes sure that closing the stream (a
@@ -11,10 +11,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TypeVar
 
-from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest, TokenLogprob
+from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest
 from server.errors import APIError, InternalServerError, InvalidRequest, RequestTimeout, ServiceUnavailable
 from server.serving.context import Account, ServingContext
 
@@ -102,55 +102,6 @@ async def prime(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
         await stream.aclose()  # type: ignore[attr-defined]
         raise
     return first, stream
-
-
-@dataclass
-class ChoiceResult:
-    """One finished choice, accumulated from its deltas."""
-
-    index: int
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
-
-    def add(self, out: EngineOutput) -> None:
-        self.text += out.text
-        self.token_ids.extend(out.token_ids)
-        if out.logprobs:
-            self.logprobs.extend(out.logprobs)
-        if out.finish_reason is not None:
-            self.finish_reason = out.finish_reason
-        if out.prompt_logprobs is not None:
-            self.prompt_logprobs = out.prompt_logprobs
-
-
-async def collect(ctx: ServingContext, request: EngineRequest, account: Account) -> list[ChoiceResult]:
-    """Run a request to the end; one result per choice, by index."""
-    results = [ChoiceResult(i) for i in range(request.sampling.n)]
-    async for out in generate(ctx, request, account):
-        results[out.index].add(out)
-    # With n > 1 vLLM sends prompt logprobs with one child only; share them.
-    shared = next((r.prompt_logprobs for r in results if r.prompt_logprobs), None)
-    for r in results:
-        r.prompt_logprobs = r.prompt_logprobs or shared
-    return results
-
-
-async def collect_all(
-    ctx: ServingContext, requests: Sequence[EngineRequest], account: Account
-) -> list[list[ChoiceResult]]:
-    """Run several requests concurrently (a completions call with several prompts)."""
-    if len(requests) == 1:
-        return [await collect(ctx, requests[0], account)]
-    try:
-        # A TaskGroup cancels the sibling prompts as soon as one fails.
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(collect(ctx, r, account)) for r in requests]
-    except* APIError as errors:
-        raise errors.exceptions[0] from None
-    return [t.result() for t in tasks]
 
 
 async def merge(

@@ -1,0 +1,135 @@
+"""From engine outputs to OpenAI responses, for every generation endpoint:
+one collector (a whole response) and one streaming loop (SSE events).
+
+An endpoint says only how its objects look, through an `Answer`: its chunk
+for one engine output, its usage chunk, its whole response. Running the
+engine requests, counting tokens, error events, `[DONE]` and closing the
+engine stream happen here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from server.engine import EngineOutput, EngineRequest, TokenLogprob
+from server.errors import APIError
+from server.protocol.common import Usage
+from server.serving.context import Account, ServingContext
+from server.serving.generation import merge, prime
+from server.serving.sse import SSE_DONE, EventStream, sse, sse_error
+
+
+@dataclass
+class ChoiceResult:
+    """One finished choice, accumulated from its deltas."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+
+    def add(self, out: EngineOutput) -> None:
+        self.text += out.text
+        self.token_ids.extend(out.token_ids)
+        if out.logprobs:
+            self.logprobs.extend(out.logprobs)
+        if out.finish_reason is not None:
+            self.finish_reason = out.finish_reason
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
+
+
+class Answer(Protocol):
+    """How one endpoint's objects look. `delta` may keep state across the
+    outputs of one stream (an answer serves one request, once)."""
+
+    include_usage: bool
+
+    def opening(self) -> list[BaseModel]:
+        """Chunks that go out with the first content (chat's role chunks)."""
+        ...
+
+    def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
+        """The chunk for one engine output; None when it carries nothing to show."""
+        ...
+
+    def usage_chunk(self, usage: Usage) -> BaseModel: ...
+
+    def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
+        """The whole response: results[prompt][choice]."""
+        ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to run: what the engine gets, who pays, how to answer."""
+
+    engine_requests: tuple[EngineRequest, ...]
+    account: Account
+    answer: Answer
+
+    def sequences(self) -> int:
+        return sum(r.sampling.n for r in self.engine_requests)
+
+    def prompt_tokens(self) -> int:
+        return sum(len(r.prompt_token_ids) for r in self.engine_requests)
+
+
+async def collect(ctx: ServingContext, requests: Sequence[EngineRequest], account: Account) -> list[list[ChoiceResult]]:
+    """Run requests to the end: results[request][choice]. If one fails, the
+    others are aborted and its error is raised."""
+    results = [[ChoiceResult(i) for i in range(r.sampling.n)] for r in requests]
+    async with aclosing(merge(ctx, requests, account)) as outputs:
+        async for i, out in outputs:
+            results[i][out.index].add(out)
+    for choices in results:
+        # With n > 1 vLLM sends a prompt's logprobs with one choice only; share them.
+        shared = next((c.prompt_logprobs for c in choices if c.prompt_logprobs), None)
+        for c in choices:
+            c.prompt_logprobs = c.prompt_logprobs or shared
+    return results
+
+
+async def complete(ctx: ServingContext, p: Prepared) -> BaseModel:
+    results = await collect(ctx, p.engine_requests, p.account)
+    completion_tokens = sum(len(c.token_ids) for choices in results for c in choices)
+    return p.answer.response(results, Usage.of(p.prompt_tokens(), completion_tokens))
+
+
+async def stream(ctx: ServingContext, p: Prepared) -> EventStream:
+    """SSE events. The first engine output is awaited before this returns, so
+    errors that happen before any token still get a real HTTP status."""
+    first, outputs = await prime(merge(ctx, p.engine_requests, p.account))
+    return EventStream(_events(p, first, outputs), outputs)
+
+
+async def _events(
+    p: Prepared, first: tuple[int, EngineOutput] | None, outputs: AsyncIterator[tuple[int, EngineOutput]]
+) -> AsyncIterator[str]:
+    answer = p.answer
+    completion_tokens = 0
+    # Opening chunks go out in the same write as the first content, so a
+    # client sees the first token no later than the role.
+    pending = "".join(sse(c) for c in answer.opening())
+    async with aclosing(outputs):
+        try:
+            item = first
+            while item is not None:
+                completion_tokens += len(item[1].token_ids)
+                if (chunk := answer.delta(*item)) is not None:
+                    yield pending + sse(chunk)
+                    pending = ""
+                item = await anext(outputs, None)
+        except APIError as exc:
+            yield pending + sse_error(exc) + SSE_DONE
+            return
+    if answer.include_usage:
+        pending += sse(answer.usage_chunk(Usage.of(p.prompt_tokens(), completion_tokens)))
+    yield pending + SSE_DONE
