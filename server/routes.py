@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, Request
@@ -39,6 +40,46 @@ class SlowClient(Exception):
     """The client stopped reading its stream."""
 
 
+class WriteWatchdog:
+    """Notices a send that has not completed for `timeout` seconds (the
+    client stopped reading and the socket buffers are full) and turns it into
+    SlowClient. One timer per response, re-armed lazily, rather than one per
+    chunk: a stream sends hundreds of chunks and nearly all complete at once."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.fired = False
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task | None = None
+        self._sending_since: float | None = None
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    async def send(self, send: Send, message: Message) -> None:
+        self._task = asyncio.current_task()  # Starlette may send from a child task
+        self._sending_since = self._loop.time()
+        try:
+            await send(message)
+        except asyncio.CancelledError:
+            if self.fired and self._task is not None and self._task.uncancel() == 0:
+                raise SlowClient from None
+            raise
+        self._sending_since = None
+
+    def _check(self) -> None:
+        since = self._sending_since
+        if since is None:
+            self._timer = self._loop.call_later(self.timeout, self._check)
+        elif self._loop.time() - since >= self.timeout:
+            self.fired = True
+            if self._task is not None:
+                self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(since + self.timeout, self._check)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 class EventStreamResponse(StreamingResponse):
     """SSE response that always closes its event stream, so the engine request
     behind it is aborted even if the client left before the body started, and
@@ -56,19 +97,14 @@ class EventStreamResponse(StreamingResponse):
         self._on_slow = on_slow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_or_give_up(message: Message) -> None:
-            try:
-                async with asyncio.timeout(self._write_timeout):
-                    await send(message)
-            except TimeoutError:
-                raise SlowClient from None
-
+        watchdog = WriteWatchdog(self._write_timeout)
         try:
-            await super().__call__(scope, receive, send_or_give_up)
+            await super().__call__(scope, receive, partial(watchdog.send, send))
         except SlowClient:
             logger.warning("cut a stream whose client read nothing for %.0fs", self._write_timeout)
             self._on_slow()  # uvicorn closes the connection: the response never completed
         finally:
+            watchdog.stop()
             try:
                 await self._stream.aclose()
             finally:
