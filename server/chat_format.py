@@ -22,12 +22,68 @@ LEMUR_ADDED_TOKENS: tuple[str, ...] = (PAD, IM_START, IM_END, IM_SEP, DIFF_MARKE
 
 CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
+# Lemur's tool format (Lemur-chat has no native one; this is ours, in ChatML):
+# - the tools are listed in the system turn, after the system prompt: a short
+#   preamble, then one compact JSON object per function inside <tools>;
+# - a call is `<tool_call>{"name":...,"arguments":{...}}</tool_call>` in the
+#   assistant turn (compact JSON, as the grammar makes the model write it);
+#   several calls follow each other directly;
+# - a tool result is its own `tool` turn: a JSON header line with the call id
+#   and the function's name, then the result.
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+TOOLS_PREAMBLE = (
+    "# Tools\nYou can call these functions. To call one, reply with "
+    '<tool_call>{"name":"<function name>","arguments":<arguments as a JSON object>}</tool_call>.\n<tools>\n'
+)
+TOOLS_END = "</tools>"
+
+
+def _jinja_text(text: str) -> str:
+    """`text` as a Jinja expression that prints it (no block tag ever touches a newline)."""
+    return "{{ " + repr(text) + " }}"
+
+
 # The prompt for a reply ends with the assistant header; no default system
-# prompt is injected (none was in training).
+# prompt is injected (none was in training). Every piece of JSON goes through
+# `tojson`, which the gateway's environment makes unable to spell a control
+# token (chat_template.py); message contents are located and kept as data.
+# `training/sft_data.py` builds the same text in Python; a test holds them equal.
 LEMUR_CHATML_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if tools %}{% set tools_text %}" + _jinja_text(TOOLS_PREAMBLE) + "{% for tool in tools %}"
+    "{{ tool['function'] | tojson(separators=(',', ':')) + '\\n' }}"
+    "{% endfor %}" + _jinja_text(TOOLS_END) + "{% endset %}"
+    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n' + tools_text + '<|im_end|>\\n' }}{% endif %}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ {'tool_call_id': message['tool_call_id'], 'name': message.get('name')} | tojson(separators=(',', ':')) }}"
+    "{{ '\\n' }}"
+    "{% endif %}"
+    "{{ message['content'] }}"
+    "{% if loop.first and tools and message['role'] == 'system' %}"
+    "{{ ('\\n\\n' if message['content'] else '') + tools_text }}"
+    "{% endif %}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    + _jinja_text(TOOL_CALL_OPEN + '{"name":')
+    + "{{ call['function']['name'] | tojson }}"
+    + _jinja_text(',"arguments":')
+    + "{{ call['function']['arguments'] | tojson(separators=(',', ':')) }}"
+    + _jinja_text("}" + TOOL_CALL_CLOSE)
+    + "{% endfor %}"
+    "{{ '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Built-in templates of earlier releases, as exported into checkpoints'
+# tokenizer configs: a checkpoint that carries one gets the current template.
+LEGACY_LEMUR_TEMPLATES: tuple[str, ...] = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
 )

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from server.chat_format import LEMUR_CHATML_TEMPLATE
+from server.chat_format import LEGACY_LEMUR_TEMPLATES, LEMUR_CHATML_TEMPLATE
 from server.errors import InvalidRequest
 
 
@@ -24,9 +26,26 @@ def _raise(message: str) -> None:
     raise InvalidRequest(f"chat template: {message}")
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
+def _tojson_filter(control_texts: tuple[str, ...]) -> Callable[..., str]:
+    """transformers' `tojson`, except that its output cannot spell a control
+    token: the first character of any control text inside a JSON string is
+    written as a `\\uXXXX` escape (the same JSON value, different tokens).
+    So tool definitions and call arguments stay data, whatever they hold."""
+
+    def tojson(x: Any, indent: int | None = None, separators: tuple[str, str] | None = None,
+               sort_keys: bool = False, ensure_ascii: bool = False) -> str:  # fmt: skip
+        text = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        for control in control_texts:
+            if control in text:
+                text = text.replace(control, f"\\u{ord(control[0]):04x}{control[1:]}")
+        return text
+
+    return tojson
+
+
+def _environment(control_texts: tuple[str, ...]) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.filters["tojson"] = _tojson_filter(control_texts)
     env.globals["raise_exception"] = _raise
     return env
 
@@ -47,6 +66,8 @@ def select_template(override: str | None, checkpoint_template: str | None) -> tu
     """Return (template, source) where source names where it came from."""
     if override:
         return load_template_arg(override), "--chat-template"
+    if checkpoint_template in LEGACY_LEMUR_TEMPLATES:
+        return LEMUR_CHATML_TEMPLATE, "lemur-chatml (built in; the checkpoint carries an older copy)"
     if checkpoint_template:
         return checkpoint_template, "checkpoint"
     return LEMUR_CHATML_TEMPLATE, "lemur-chatml (built in)"
@@ -58,16 +79,24 @@ class ChatTemplate:
     _template: jinja2.Template
     bos_token: str
     eos_token: str
+    handles_tools: bool  # the template reads the `tools` variable (transformers' convention)
+    builtin: bool  # Lemur's own template, which prints every piece of JSON through tojson
 
     @classmethod
-    def build(cls, template: str, source: str, bos_token: str | None, eos_token: str | None) -> ChatTemplate:
-        compiled = _environment().from_string(template)
-        return cls(source, compiled, bos_token or "", eos_token or "")
+    def build(cls, template: str, source: str, bos_token: str | None, eos_token: str | None,
+              control_texts: tuple[str, ...] = ()) -> ChatTemplate:  # fmt: skip
+        env = _environment(control_texts)
+        handles_tools = "tools" in meta.find_undeclared_variables(env.parse(template))
+        builtin = template == LEMUR_CHATML_TEMPLATE
+        return cls(source, env.from_string(template), bos_token or "", eos_token or "", handles_tools, builtin)
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tools: list[dict] | None = None
+    ) -> str:
         try:
             return self._template.render(
                 messages=messages,
+                tools=tools or None,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -78,16 +107,17 @@ class ChatTemplate:
             raise InvalidRequest(f"chat template failed to render: {exc}") from exc
 
     def render_with_spans(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, tools: list[dict] | None = None
     ) -> tuple[str, list[tuple[int, int]] | None]:
         """The prompt and where each message's content lies in it. The template
         is rendered once more with a random marker in place of each content;
         None when that does not reproduce the prompt (a template that trims,
         repeats or branches on content), so the caller can fail closed."""
-        prompt = self.render(messages, add_generation_prompt)
+        prompt = self.render(messages, add_generation_prompt, tools)
         nonce = secrets.token_hex(8)
         marks = [f"\x00{nonce}.{i}\x00" for i in range(len(messages))]
-        marked = self.render([{**m, "content": k} for m, k in zip(messages, marks, strict=True)], add_generation_prompt)
+        marked_messages = [{**m, "content": k} for m, k in zip(messages, marks, strict=True)]
+        marked = self.render(marked_messages, add_generation_prompt, tools)
         pieces: list[str] = []
         spans: list[tuple[int, int]] = []
         pos = length = 0

@@ -88,8 +88,9 @@ def error_response(exc: APIError) -> JSONResponse:
 
 
 def _validation_param(loc: tuple[Any, ...]) -> str | None:
-    # loc looks like ("body", "messages", 0, "role"); drop the "body" prefix.
-    parts = [str(p) for p in loc if p != "body"]
+    # loc looks like ("body", "messages", 0, "role"); drop the "body" prefix and
+    # the union-member tags pydantic inserts ("literal['none','auto']", "function-after[...]").
+    parts = [str(p) for p in loc if p != "body" and (isinstance(p, int) or str(p).isidentifier())]
     return ".".join(parts) or None
 
 
@@ -98,7 +99,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if not errors:
         return "invalid request", None
     first = errors[0]
-    param = _validation_param(tuple(first.get("loc", ())))
+    param = (first.get("ctx") or {}).get("param") or _validation_param(tuple(first.get("loc", ())))
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):

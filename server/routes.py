@@ -23,9 +23,9 @@ from server.protocol.common import ModelCard, ModelList, VersionResponse
 from server.protocol.completions import CompletionRequest, CompletionResponse
 from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.serving import respond
-from server.serving.chat import render_messages
 from server.serving.context import Caller, ServingContext
 from server.serving.generation import most_tokens
+from server.serving.prompt import render_messages
 from server.serving.respond import Prepared
 from server.serving.sampling import check_token_ids
 from server.serving.sse import EventStream
@@ -55,7 +55,8 @@ class WriteWatchdog:
         self._timer = self._loop.call_later(timeout, self._check)
 
     async def send(self, send: Send, message: Message) -> None:
-        self._task = asyncio.current_task()  # Starlette may send from a child task
+        if self._task is None:
+            self._task = asyncio.current_task()  # Starlette sends from a child task of its own
         self._sending_since = self._loop.time()
         try:
             await send(message)
@@ -160,7 +161,8 @@ async def serve(request: Request, service: Service[B], body: B) -> Response:
     if caller.limits is not None:
         caller.limits.admit()
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
-    prepared = await ctx.pool.run(service.prepare, body, caller, chars=body.text_chars(), param=param)
+    chars, heavy = body.text_chars(), body.needs_grammar()
+    prepared = await ctx.pool.run(service.prepare, body, caller, chars=chars, param=param, heavy=heavy)
     account, stream = prepared.account, bool(body.stream)
     account.reserve(most_tokens(prepared.engine_requests))
     if ctx.config.log_prompts:

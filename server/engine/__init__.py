@@ -8,6 +8,7 @@ from server.engine.base import (
     EngineRequest,
     ModelInfo,
     SamplingSpec,
+    StructuredSpec,
     TokenLogprob,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "EngineRequest",
     "ModelInfo",
     "SamplingSpec",
+    "StructuredSpec",
     "TokenLogprob",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from server.engine.death import EngineDeath
 
@@ -25,6 +25,18 @@ class EngineRejectedRequest(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+@dataclass(frozen=True)
+class StructuredSpec:
+    """A grammar the output must follow (vLLM's structured outputs).
+    `kind` "grammar": `spec` is EBNF; "structural_tag": `spec` is an xgrammar
+    structural tag (tool calls). `param` names the request field it came
+    from, for errors."""
+
+    kind: Literal["grammar", "structural_tag"]
+    spec: str
+    param: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class SamplingSpec:
     logprobs: int | None = None  # top-k alternatives per sampled token
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured: StructuredSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,9 @@ class ModelInfo:
     vocab_size: int
     created: int
     dtype: str = "unknown"  # the weights' dtype in the engine: "bfloat16", "float32", ...
+    # Whether the engine's grammars let JSON carry free whitespace (vLLM's
+    # --structured-outputs-config disable_any_whitespace, inverted).
+    json_whitespace: bool = False
     generation_defaults: dict[str, float | int] = field(default_factory=dict)
 
 

@@ -27,6 +27,7 @@ from server.engine.base import (
     EngineRequest,
     ModelInfo,
     SamplingSpec,
+    StructuredSpec,
     TokenLogprob,
 )
 from server.engine.death import EngineDeath, anything_died, diagnose, read_events
@@ -36,11 +37,12 @@ from server.engine.vllm_hooks import EVENTS_ENV
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
 
 from vllm import SamplingParams
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
 from vllm.inputs import tokens_input
 from vllm.platforms import current_platform
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
@@ -65,9 +67,14 @@ _DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A parser that already holds every vLLM engine flag, unchanged."""
+    """A parser that already holds every vLLM engine flag. One default
+    differs: structured outputs use xgrammar with no free whitespace in JSON,
+    so that a weak model cannot loop on spaces inside a grammar (override with
+    --structured-outputs-config '{"backend": ..., "disable_any_whitespace": false}')."""
     parser = FlexibleArgumentParser(prog=prog, description=description)
     AsyncEngineArgs.add_cli_args(parser)
+    no_free_whitespace = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
+    parser.set_defaults(structured_outputs_config=no_free_whitespace)
     return parser
 
 
@@ -126,7 +133,16 @@ def serving_defaults(model: str, dtype: str = "auto") -> ServingDefaults:
     )
 
 
+def _structured(spec: StructuredSpec | None) -> StructuredOutputsParams | None:
+    if spec is None:
+        return None
+    if spec.kind == "grammar":
+        return StructuredOutputsParams(grammar=spec.spec)
+    return StructuredOutputsParams(structural_tag=spec.spec)
+
+
 def _to_sampling_params(spec: SamplingSpec) -> SamplingParams:
+    param = spec.structured.param if spec.structured is not None else None
     try:
         return SamplingParams(
             n=spec.n,
@@ -148,9 +164,10 @@ def _to_sampling_params(spec: SamplingSpec) -> SamplingParams:
             prompt_logprobs=spec.prompt_logprobs,
             skip_special_tokens=spec.skip_special_tokens,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=_structured(spec.structured),
         )
     except VLLMClientError as exc:
-        raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None)) from exc
+        raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None) or param) from exc
     except (ValueError, TypeError, OverflowError) as exc:
         raise EngineRejectedRequest(str(exc)) from exc
 
@@ -194,6 +211,7 @@ class VllmEngine:
             created=int(time.time()),
             dtype=_dtype_name(cfg.dtype),
             generation_defaults={k: defaults[k] for k in _DEFAULT_KEYS if k in defaults},
+            json_whitespace=not llm.vllm_config.structured_outputs_config.disable_any_whitespace,
         )
 
     @classmethod
@@ -255,8 +273,9 @@ class VllmEngine:
                     prompt_lps = None
         except VllmEngineDeadError as exc:
             raise EngineDeadError(str(exc)) from exc
-        except VLLMClientError as exc:
-            raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None)) from exc
+        except VLLMClientError as exc:  # e.g. a grammar the structured-output backend refuses
+            param = spec.structured.param if spec.structured is not None else None
+            raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None) or param) from exc
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

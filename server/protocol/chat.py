@@ -5,8 +5,18 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 from server.protocol.common import OpenAIModel, ResponseModel, SamplingFields, Usage
+from server.protocol.tools import (
+    DeltaToolCall,
+    NamedToolChoice,
+    ResponseFormat,
+    ResponseToolCall,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 
 class TextPart(OpenAIModel):
@@ -16,14 +26,23 @@ class TextPart(OpenAIModel):
 
 class ChatMessage(OpenAIModel):
     # "developer" is OpenAI's newer name for the system role.
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant messages
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)  # tool messages
 
     @model_validator(mode="after")
-    def _content_present(self) -> ChatMessage:
-        if self.content is None and self.role != "assistant":
-            raise ValueError(f"content is required for {self.role} messages")
+    def _fields_for_role(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"content is required for {self.role} messages" + (
+                " without tool_calls" if self.role == "assistant" else ""))  # fmt: skip
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls is only allowed in assistant messages")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id is required for tool messages")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("tool_call_id is only allowed in tool messages")
         return self
 
     def text(self) -> str:
@@ -38,31 +57,46 @@ class ChatMessage(OpenAIModel):
         return "system" if self.role == "developer" else self.role
 
 
-class ResponseFormat(OpenAIModel):
-    type: str = "text"
-
-
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
     add_generation_prompt: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_legacy_functions(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in (("functions", "tools"), ("function_call", "tool_choice")):
+                if data.get(old) is not None:
+                    raise PydanticCustomError(
+                        "deprecated", f"{old} is deprecated and not supported: use {new}", {"param": old}
+                    )
+        return data
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise ValueError(f"response_format {self.response_format.type!r} is not supported")
-        if self.tools:
-            raise ValueError("tools are not supported by this model")
         return self
+
+    def tool_choice_kind(self) -> str:
+        """none | auto | required | named (OpenAI's default: auto with tools, none without)."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or ("auto" if self.tools else "none")
 
     def text_chars(self) -> int:
         return sum(len(m.text()) for m in self.messages)
+
+    def needs_grammar(self) -> bool:
+        """Tools or a JSON response format: schemas to check and convert (off the event loop)."""
+        return bool(self.tools) or (self.response_format is not None and self.response_format.type != "text")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -84,7 +118,15 @@ class ChatLogprobs(ResponseModel):
 
 class ChatResponseMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_only_when_present(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("tool_calls") is None:
+            out.pop("tool_calls", None)
+        return out
 
 
 class ChatChoice(ResponseModel):
@@ -108,6 +150,7 @@ class ChatDelta(ResponseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

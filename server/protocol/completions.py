@@ -33,6 +33,9 @@ class CompletionRequest(SamplingFields):
     def text_chars(self) -> int:
         return sum(len(p) for p in self.prompts() if isinstance(p, str))
 
+    def needs_grammar(self) -> bool:
+        return False
+
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: text, or token ids."""
         p = self.prompt

@@ -1,14 +1,15 @@
-"""Chat completions: messages -> ChatML prompt -> engine -> OpenAI responses."""
+"""Chat completions: a request -> its prompt, grammar and sampling; engine
+outputs -> chat objects, with tool calls parsed out of the text."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pydantic import BaseModel
 
 from server.engine import EngineOutput, EngineRequest, TokenLogprob
-from server.errors import InvalidRequest
 from server.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -17,34 +18,19 @@ from server.protocol.chat import (
     ChatCompletionResponse,
     ChatDelta,
     ChatLogprobs,
-    ChatMessage,
     ChatResponseMessage,
     ChatTokenLogprob,
     TopLogprob,
 )
 from server.protocol.common import Usage
+from server.protocol.tools import DeltaFunctionCall, DeltaToolCall, ResponseFunctionCall, ResponseToolCall
 from server.serving.context import Caller, ServingContext, new_request_id
 from server.serving.limits import check_max_tokens, check_sequences
+from server.serving.prompt import render_messages
 from server.serving.respond import ChoiceResult, Prepared
 from server.serving.sampling import build_sampling
-
-
-def render_messages(ctx: ServingContext, messages: Sequence[ChatMessage], add_generation_prompt: bool) -> list[int]:
-    """Token ids of the prompt. Message contents are data: a control-token
-    string in them (`<|im_end|>`, `</s>`, ...) stays text, so no message can
-    forge a turn; only the template's own markers are control tokens. The
-    template adds `<s>` itself."""
-    turns = [{"role": m.template_role(), "content": m.text()} for m in messages]
-    if not any(ctx.tokenizer.has_control_text(t["content"]) for t in turns):
-        # Nothing in the contents could become a control token: tokenize whole (the fast path).
-        prompt = ctx.template.render(turns, add_generation_prompt=add_generation_prompt)
-        return ctx.tokenizer.encode(prompt, add_special_tokens=False)
-    prompt, spans = ctx.template.render_with_spans(turns, add_generation_prompt=add_generation_prompt)
-    if spans is None:
-        # This template transforms contents, so we cannot tell where they are;
-        # refuse what would turn into control tokens rather than guess.
-        raise InvalidRequest("message content contains control-token text, which this chat template cannot escape")
-    return ctx.tokenizer.encode_prompt(prompt, spans)
+from server.serving.structured import structured_spec
+from server.serving.tool_calls import Step, ToolCallParser
 
 
 def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprobs:
@@ -62,13 +48,38 @@ def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprob
     )
 
 
-class ChatAnswer:
-    """Chat completion objects for one request (see respond.Answer)."""
+def _finish_reason(reason: str | None, parser: ToolCallParser | None) -> str | None:
+    """OpenAI's `tool_calls` when a reply that called tools ended by itself."""
+    return "tool_calls" if reason == "stop" and parser is not None and parser.calls else reason
 
-    def __init__(self, ctx: ServingContext, req: ChatCompletionRequest, rid: str, model: str) -> None:
+
+def _call_deltas(parser: ToolCallParser, step: Step) -> list[DeltaToolCall] | None:
+    """OpenAI's streamed calls: the first delta has id, type, name and
+    `arguments: ""`; later ones only argument text."""
+    deltas = []
+    for i in sorted({*step.started, *step.arguments}):
+        arguments = step.arguments.get(i, "")
+        if i in step.started:
+            call = parser.calls[i]
+            function = DeltaFunctionCall(name=call.name, arguments=arguments)
+            deltas.append(DeltaToolCall(index=i, id=call.id, type="function", function=function))
+        else:
+            deltas.append(DeltaToolCall(index=i, function=DeltaFunctionCall(arguments=arguments)))
+    return deltas or None
+
+
+class ChatAnswer:
+    """Chat completion objects for one request (see respond.Answer). With
+    tools in play, each choice's text goes through its own ToolCallParser."""
+
+    def __init__(
+        self, ctx: ServingContext, req: ChatCompletionRequest, rid: str, model: str, parse_tools: bool
+    ) -> None:
         self.ctx, self.req, self.rid, self.model = ctx, req, rid, model
         self.created = int(time.time())
         self.include_usage = req.include_usage()
+        self.parse_tools = parse_tools
+        self._parsers: dict[int, ToolCallParser] = {}
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.rid, created=self.created, model=self.model, choices=choices, usage=usage)
@@ -77,10 +88,24 @@ class ChatAnswer:
         role = ChatDelta(role="assistant", content="")
         return [self._chunk([ChatChunkChoice(index=i, delta=role, finish_reason=None)]) for i in range(self.req.n)]
 
+    def _delta(self, out: EngineOutput) -> tuple[ChatDelta, ToolCallParser | None] | None:
+        if not self.parse_tools:
+            return (ChatDelta(content=out.text), None) if out.text or out.finish_reason or out.logprobs else None
+        parser = self._parsers.setdefault(out.index, ToolCallParser())
+        step = parser.feed(out.text)
+        if out.finish_reason is not None:
+            step.extend(parser.finish())
+        if step.empty() and out.finish_reason is None:
+            return None
+        return ChatDelta(content=step.content or None, tool_calls=_call_deltas(parser, step)), parser
+
     def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
-        if not out.text and out.finish_reason is None and not out.logprobs:
-            return None  # e.g. a token that is half of a UTF-8 character
-        choice = ChatChunkChoice(index=out.index, delta=ChatDelta(content=out.text), finish_reason=out.finish_reason)
+        made = self._delta(out)
+        if made is None and not out.logprobs:
+            return None  # e.g. a token that is half of a UTF-8 character, or markup held back
+        delta, parser = made if made is not None else (ChatDelta(), None)
+        finish = _finish_reason(out.finish_reason, parser)
+        choice = ChatChunkChoice(index=out.index, delta=delta, finish_reason=finish)
         if self.req.logprobs and out.logprobs:
             choice.logprobs = _logprobs(self.ctx, out.logprobs)
         return self._chunk([choice])
@@ -88,16 +113,25 @@ class ChatAnswer:
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return self._chunk([], usage)
 
-    def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
-        choices = [
-            ChatChoice(
-                index=r.index,
-                message=ChatResponseMessage(content=r.text),
-                logprobs=_logprobs(self.ctx, r.logprobs) if self.req.logprobs else None,
-                finish_reason=r.finish_reason,
-            )
-            for r in results[0]
+    def _message(self, r: ChoiceResult) -> tuple[ChatResponseMessage, str | None]:
+        if not self.parse_tools:
+            return ChatResponseMessage(content=r.text), r.finish_reason
+        parser = ToolCallParser()
+        step = parser.feed(r.text)
+        step.extend(parser.finish())
+        calls = [
+            ResponseToolCall(id=c.id, function=ResponseFunctionCall(name=c.name, arguments=c.arguments))
+            for c in parser.calls
         ]
+        content = None if calls and not step.content.strip() else step.content
+        return ChatResponseMessage(content=content, tool_calls=calls or None), _finish_reason(r.finish_reason, parser)
+
+    def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
+        choices = []
+        for r in results[0]:
+            message, finish = self._message(r)
+            logprobs = _logprobs(self.ctx, r.logprobs) if self.req.logprobs else None
+            choices.append(ChatChoice(index=r.index, message=message, logprobs=logprobs, finish_reason=finish))
         return ChatCompletionResponse(id=self.rid, created=self.created, model=self.model, choices=choices, usage=usage)
 
 
@@ -111,9 +145,15 @@ class ChatService:
         check_sequences(ctx.config, req.n, prompts=1)
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         check_max_tokens(ctx.config, req.requested_max_tokens(), param)
-        prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt)
+        grammar = structured_spec(req, ctx.engine.info.json_whitespace)
+        # With tool_choice "none" the tools stay out of the prompt: nothing to call.
+        tools = req.tools if req.tool_choice_kind() != "none" else None
+        prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt, tools)
         top = (req.top_logprobs or 0) if req.logprobs else None
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(), logprobs=top)
         rid = new_request_id("chatcmpl")
-        engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller))
-        return Prepared((engine_request,), caller.account(), ChatAnswer(ctx, req, rid, model))
+        engine_request = EngineRequest(
+            rid, tuple(prompt_ids), replace(spec, structured=grammar), ctx.cache_salt(caller)
+        )
+        answer = ChatAnswer(ctx, req, rid, model, parse_tools=tools is not None)
+        return Prepared((engine_request,), caller.account(), answer)

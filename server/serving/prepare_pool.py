@@ -34,19 +34,19 @@ class PreparePool:
         self._slots = asyncio.Semaphore(workers + max_waiting)
         self.max_chars = max(65536, MAX_CHARS_PER_TOKEN * max_model_len)
 
-    async def run(self, fn: Callable[..., T], *args: object, chars: int, param: str) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, chars: int, param: str, heavy: bool = False) -> T:
         """`fn(*args)` for a prompt of `chars` characters (the request field
         `param`): refused at once if no context could hold it; inline when it
         is short, where the hop to a thread would cost more than the work
         (measured: always hopping cut small-request throughput by 40 %);
-        otherwise on the pool."""
+        otherwise on the pool, as is `heavy` work (grammars) of any size."""
         if chars > self.max_chars:
             raise ContextLengthExceeded(
                 f"the prompt has {chars} characters: more than any {self.max_chars // MAX_CHARS_PER_TOKEN}-token "
                 "context can hold. Please shorten it.",
                 param=param,
             )
-        if chars <= INLINE_CHARS:
+        if chars <= INLINE_CHARS and not heavy:
             return fn(*args)
         if self._slots.locked():
             raise RateLimited("the server is busy preparing other prompts; retry later", retry_after=1.0)
