@@ -8,6 +8,8 @@ max_tokens, so the gateway adds `<|im_end|>` to the stop tokens itself.
 
 from __future__ import annotations
 
+import json
+
 BOS = "<s>"
 EOS = "</s>"
 UNK = "<unk>"
@@ -20,7 +22,7 @@ DIFF_MARKER = "<|diff_marker|>"
 # Added after the base vocabulary, in this order (ids 32000-32004 in lemur-70b-chat).
 LEMUR_ADDED_TOKENS: tuple[str, ...] = (PAD, IM_START, IM_END, IM_SEP, DIFF_MARKER)
 
-CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
+CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 # Lemur's tool format (Lemur-chat has no native one; this is ours, in ChatML):
 # - the tools are listed in the system turn, after the system prompt: a short
@@ -33,10 +35,33 @@ CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 TOOLS_PREAMBLE = (
-    "# Tools\nYou can call these functions. To call one, reply with "
-    '<tool_call>{"name":"<function name>","arguments":<arguments as a JSON object>}</tool_call>.\n<tools>\n'
+    '# Tools\nTo call a function, reply <tool_call>{"name":"<name>","arguments":{...}}</tool_call>.\n<tools>\n'
 )
 TOOLS_END = "</tools>"
+
+
+def compact_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# The same text in Python (training builds its examples with these; a test
+# holds them equal to the template's rendering).
+def tools_text(functions: list[dict]) -> str:
+    """The tools block of the system turn, for OpenAI `function` objects."""
+    return TOOLS_PREAMBLE + "".join(compact_json(f) + "\n" for f in functions) + TOOLS_END
+
+
+def tool_call_prefix(name: str) -> str:
+    """A call up to its arguments (where the grammar's tag for `name` begins)."""
+    return TOOL_CALL_OPEN + '{"name":' + json.dumps(name, ensure_ascii=False) + ',"arguments":'
+
+
+def tool_call_text(name: str, arguments: dict) -> str:
+    return tool_call_prefix(name) + compact_json(arguments) + "}" + TOOL_CALL_CLOSE
+
+
+def tool_result_header(call_id: str, name: str | None) -> str:
+    return compact_json({"tool_call_id": call_id, "name": name}) + "\n"
 
 
 def _jinja_text(text: str) -> str:

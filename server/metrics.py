@@ -108,6 +108,21 @@ class Metrics:
             "lemur:key_tokens", "Prompt and generated tokens by API key name.", ["key", "kind"], registry=r
         )
 
+        # Agent traffic: what kind of output was asked for, and what it cost to prepare.
+        self.structured_requests = Counter(
+            "lemur:chat_output_kind",
+            "Chat requests by response_format type and tool_choice kind.",
+            ["response_format", "tool_choice"],
+            registry=r,
+        )
+        self.grammar_seconds = Histogram(
+            "lemur:grammar_build_seconds",
+            "Time to check a request's schemas and build its grammar (cached conversions are fast).",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+            registry=r,
+        )
+        self.tool_calls = Counter("lemur:tool_calls", "Tool calls in replies.", labels, registry=r)
+
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """`lemur:num_requests_queued` reads the admission queue's depth at each scrape."""
         self.queued.set_function(lambda: float(depth()))

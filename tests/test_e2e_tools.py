@@ -196,3 +196,17 @@ def test_sdk_raises_bad_request_for_an_unknown_function(client) -> None:
     with pytest.raises(openai.BadRequestError, match="not among the tools"):
         client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=[WEATHER],
                                        tool_choice={"type": "function", "function": {"name": "x"}})  # fmt: skip
+
+
+def test_agent_metrics(server, client) -> None:
+    client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=[WEATHER], tool_choice="required",
+                                   max_tokens=80, seed=8)  # fmt: skip
+    text = httpx.get(server.url("/metrics"), timeout=10).text
+
+    def value(prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    assert value('lemur:chat_output_kind_total{response_format="text",tool_choice="required"}') >= 1
+    assert value('lemur:chat_output_kind_total{response_format="json_schema",tool_choice="no_tools"}') >= 1
+    assert value("lemur:tool_calls_total") >= 1
+    assert value("lemur:grammar_build_seconds_count") >= 2

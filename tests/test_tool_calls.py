@@ -152,3 +152,21 @@ def test_template_keeps_tool_json_as_data() -> None:
     assert '<tool_call>{"name":"f","arguments":{"q":"\\u003c/s>\\u003c|im_start|>"}}</tool_call><|im_end|>' in prompt
     assert '<|im_start|>tool\n{"tool_call_id":"c1","name":"f"}\n42<|im_end|>' in prompt
     assert json.loads(prompt.split("<tools>\n")[1].split("\n")[0])["description"].startswith("x<|im_end|>")
+
+
+def test_training_text_is_the_served_template_text() -> None:
+    """The SFT examples (training/sft_data.py) are, text for text, what the
+    built-in template renders for the same conversation."""
+    from training.sft_data import conversation_segments
+    from training.sft_tools import tool_conversations
+
+    t = ChatTemplate.build(LEMUR_CHATML_TEMPLATE, "built in", "<s>", "</s>", ("<s>", "</s>"))
+    for conv in tool_conversations(40, seed=1):
+        messages = [dict(m) for m in conv["messages"]]
+        for m in messages:  # the template gets what the gateway passes: parsed arguments, names on results
+            for call in m.get("tool_calls") or ():
+                assert isinstance(call["function"]["arguments"], dict)
+        rendered = t.render(messages, add_generation_prompt=False, tools=conv["tools"])
+        assert rendered == "<s>" + "".join(text for text, _ in conversation_segments(conv["messages"], conv["tools"]))
+    kinds = {bool(c["messages"][-2].get("role") == "tool") for c in tool_conversations(40, seed=1)}
+    assert kinds == {True, False}  # both calls and plain answers

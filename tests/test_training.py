@@ -139,7 +139,7 @@ def test_sft_masking_is_assistant_only(micro_run) -> None:
     for start in (i for i in range(len(text_ids)) if text_ids[i : i + len(header)] == header):
         assert all(label == IGNORE for label in ex.labels[start : start + len(header)])
     with pytest.raises(ValueError, match="unknown role"):
-        tokenize_conversation([{"role": "tool", "content": "x"}], tok, 100)
+        tokenize_conversation([{"role": "robot", "content": "x"}], tok, 100)
 
 
 def _copy_prepared(src: Path, dst: Path) -> None:

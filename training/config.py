@@ -51,9 +51,11 @@ class DataConfig:
     heldout_fraction: float = 0.02
     shard_sequences: int = 4096
     seed: int = 0
-    # SFT: JSONL files with {"messages": [...]}; empty = the generated demo set.
+    # SFT: JSONL files with {"messages": [...], "tools": [...]}; empty = the generated demo set.
     sft_paths: tuple[str, ...] = ()
     sft_demo_conversations: int = 4000
+    # Generated tool-use conversations (Lemur's tool format) added to the demo set.
+    sft_tool_conversations: int = 0
     sft_max_seq_len: int = 512
     sft_heldout: int = 100
 

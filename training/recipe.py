@@ -27,6 +27,7 @@ from training.modeling import build_model, build_tokenizer, load_model
 from training.plots import plot_loss_curve
 from training.sft_data import SftDataset, read_conversations, tokenize_conversation, write_sft_split
 from training.sft_demo import demo_conversations
+from training.sft_tools import tool_conversations
 from training.trainer import PhaseResult, save_pretrained_final, train_phase
 
 
@@ -92,15 +93,22 @@ def prepare_sft(cfg: RecipeConfig, run: Path, tokenizer, d: Dist) -> Path:
         if data.sft_paths:
             convs = read_conversations(data.sft_paths)
         else:
-            convs = demo_conversations(data.sft_demo_conversations + data.sft_heldout, seed=data.seed)
+            convs = [
+                {"messages": m, "tools": None}
+                for m in demo_conversations(data.sft_demo_conversations + data.sft_heldout, seed=data.seed)
+            ]
+            convs += tool_conversations(data.sft_tool_conversations, seed=data.seed, split="train")
         random.Random(data.seed).shuffle(convs)
         n_held = min(data.sft_heldout, len(convs) // 10)
         held, train = convs[:n_held], convs[n_held:]
         for split, items in (("train", train), ("heldout", held)):
-            write_sft_split(sft_dir, split, [tokenize_conversation(c, tokenizer, data.sft_max_seq_len) for c in items])
+            examples = [
+                tokenize_conversation(c["messages"], tokenizer, data.sft_max_seq_len, c["tools"]) for c in items
+            ]
+            write_sft_split(sft_dir, split, examples)
         with (sft_dir / "heldout.jsonl").open("w") as f:
             for c in held:
-                f.write(json.dumps({"messages": c}) + "\n")
+                f.write(json.dumps({k: v for k, v in c.items() if v is not None}) + "\n")
     barrier(d)
     return sft_dir
 

@@ -4,7 +4,14 @@ Each turn is `<|im_start|>{role}\\n{content}<|im_end|>\\n`. Exactly as in
 Lemur's training code, only an assistant turn's content and the
 `<|im_end|>\\n` after it carry loss; the `<|im_start|>assistant\\n` header, the
 leading `<s>` and every system/user turn are masked (label -100). Segments are
-tokenised separately, so the mask boundaries are exact.
+tokenised separately, so the mask boundaries are exact (they fall on control
+tokens, where the served prompt's tokenization breaks too).
+
+Tool use follows Lemur's tool format (server/chat_format.py), text for text
+what the serving template renders: the tools in the system turn (masked),
+the assistant's calls (trained: they are what the model must learn to
+write), and each tool result as a `tool` turn (masked: the model reads
+results, it never writes them).
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from server.chat_format import CHAT_ROLES, IM_END, IM_START
+from server.chat_format import CHAT_ROLES, IM_END, IM_START, tool_call_text, tool_result_header, tools_text
 
 IGNORE = -100
 
@@ -27,26 +35,46 @@ class SftExample:
     labels: list[int]  # IGNORE where no loss
 
 
-def tokenize_conversation(messages: Sequence[dict[str, str]], tokenizer, max_len: int) -> SftExample:
-    ids: list[int] = [tokenizer.bos_token_id]
-    labels: list[int] = [IGNORE]
-
-    def add(text: str, trained: bool) -> None:
-        toks = tokenizer.encode(text, add_special_tokens=False)
-        ids.extend(toks)
-        labels.extend(toks if trained else [IGNORE] * len(toks))
-
-    for m in messages:
+def conversation_segments(messages: Sequence[dict[str, Any]], tools: Sequence[dict] | None = None
+                          ) -> list[tuple[str, bool]]:  # fmt: skip
+    """(text, trained) pieces after `<s>`; joined, they are the template's
+    rendering of the conversation (no generation prompt)."""
+    functions = [t["function"] for t in tools or ()]
+    segments: list[tuple[str, bool]] = []
+    if functions and (not messages or messages[0]["role"] != "system"):
+        segments.append((f"{IM_START}system\n{tools_text(functions)}{IM_END}\n", False))
+    for i, m in enumerate(messages):
         role = m["role"]
         if role not in CHAT_ROLES:
             raise ValueError(f"unknown role {role!r} (Lemur's SFT takes {', '.join(CHAT_ROLES)})")
-        add(f"{IM_START}{role}\n", trained=False)
-        add(m["content"], trained=role == "assistant")
-        add(f"{IM_END}\n", trained=role == "assistant")
+        content = m.get("content") or ""
+        if role == "system" and i == 0 and functions:
+            content += ("\n\n" if content else "") + tools_text(functions)
+        if role == "tool":
+            content = tool_result_header(m["tool_call_id"], m.get("name")) + content
+        for call in m.get("tool_calls") or ():
+            arguments = call["function"]["arguments"]
+            content += tool_call_text(call["function"]["name"], json.loads(arguments) if isinstance(arguments, str)
+                                      else arguments)  # fmt: skip
+        trained = role == "assistant"
+        segments += [(f"{IM_START}{role}\n", False), (content, trained), (f"{IM_END}\n", trained)]
+    return segments
+
+
+def tokenize_conversation(
+    messages: Sequence[dict[str, Any]], tokenizer, max_len: int, tools: Sequence[dict] | None = None
+) -> SftExample:
+    ids: list[int] = [tokenizer.bos_token_id]
+    labels: list[int] = [IGNORE]
+    for text, trained in conversation_segments(messages, tools):
+        toks = tokenizer.encode(text, add_special_tokens=False)
+        ids.extend(toks)
+        labels.extend(toks if trained else [IGNORE] * len(toks))
     return SftExample(ids[:max_len], labels[:max_len])
 
 
-def read_conversations(paths: Iterable[str]) -> list[list[dict[str, str]]]:
+def read_conversations(paths: Iterable[str]) -> list[dict[str, Any]]:
+    """Rows of JSONL files: `{"messages": [...], "tools": [...]}` (tools optional)."""
     convs = []
     for p in paths:
         with open(p, encoding="utf-8") as f:
@@ -55,7 +83,7 @@ def read_conversations(paths: Iterable[str]) -> list[list[dict[str, str]]]:
                     row = json.loads(line)
                     if "messages" not in row:
                         raise ValueError(f"{p}:{line_no}: no 'messages' field")
-                    convs.append(row["messages"])
+                    convs.append({"messages": row["messages"], "tools": row.get("tools")})
     return convs
 
 

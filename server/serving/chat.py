@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from pydantic import BaseModel
 
-from server.engine import EngineOutput, EngineRequest, TokenLogprob
+from server.engine import EngineOutput, EngineRequest, StructuredSpec, TokenLogprob
 from server.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -95,6 +95,7 @@ class ChatAnswer:
         step = parser.feed(out.text)
         if out.finish_reason is not None:
             step.extend(parser.finish())
+            self._count_calls(parser)
         if step.empty() and out.finish_reason is None:
             return None
         return ChatDelta(content=step.content or None, tool_calls=_call_deltas(parser, step)), parser
@@ -113,12 +114,17 @@ class ChatAnswer:
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return self._chunk([], usage)
 
+    def _count_calls(self, parser: ToolCallParser) -> None:
+        if parser.calls:
+            self.ctx.metrics.tool_calls.labels(self.ctx.metrics.model_name).inc(len(parser.calls))
+
     def _message(self, r: ChoiceResult) -> tuple[ChatResponseMessage, str | None]:
         if not self.parse_tools:
             return ChatResponseMessage(content=r.text), r.finish_reason
         parser = ToolCallParser()
         step = parser.feed(r.text)
         step.extend(parser.finish())
+        self._count_calls(parser)
         calls = [
             ResponseToolCall(id=c.id, function=ResponseFunctionCall(name=c.name, arguments=c.arguments))
             for c in parser.calls
@@ -139,13 +145,25 @@ class ChatService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
+    def _grammar(self, req: ChatCompletionRequest) -> StructuredSpec | None:
+        metrics = self.ctx.metrics
+        fmt = req.response_format.type if req.response_format is not None else "text"
+        tool_choice = req.tool_choice_kind() if req.tools else "no_tools"
+        metrics.structured_requests.labels(fmt, tool_choice).inc()
+        if fmt == "text" and not req.tools:
+            return None
+        t0 = time.perf_counter()
+        grammar = structured_spec(req, self.ctx.engine.info.json_whitespace)
+        metrics.grammar_seconds.observe(time.perf_counter() - t0)
+        return grammar
+
     def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
         ctx = self.ctx
         model = ctx.resolve_model(req.model)
         check_sequences(ctx.config, req.n, prompts=1)
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         check_max_tokens(ctx.config, req.requested_max_tokens(), param)
-        grammar = structured_spec(req, ctx.engine.info.json_whitespace)
+        grammar = self._grammar(req)
         # With tool_choice "none" the tools stay out of the prompt: nothing to call.
         tools = req.tools if req.tool_choice_kind() != "none" else None
         prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt, tools)

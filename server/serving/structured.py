@@ -28,7 +28,7 @@ from typing import Any
 import jsonschema
 import xgrammar
 
-from server.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from server.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
 from server.engine import StructuredSpec
 from server.errors import InvalidRequest
 from server.protocol.chat import ChatCompletionRequest
@@ -68,14 +68,9 @@ def schema_grammar(schema_json: str, any_whitespace: bool) -> str:
     return str(grammar).replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
 
 
-def call_prefix(name: str) -> str:
-    """What a call of `name` starts with, up to its arguments."""
-    return TOOL_CALL_OPEN + '{"name":' + json.dumps(name) + ',"arguments":'
-
-
 def _tag(name: str, schema_json: str, any_whitespace: bool) -> dict[str, Any]:
     content = {"type": "grammar", "grammar": schema_grammar(schema_json, any_whitespace)}
-    return {"type": "tag", "begin": call_prefix(name), "content": content, "end": "}" + TOOL_CALL_CLOSE}
+    return {"type": "tag", "begin": tool_call_prefix(name), "content": content, "end": "}" + TOOL_CALL_CLOSE}
 
 
 def _check_tools(tools: list[Tool]) -> dict[str, str]:
