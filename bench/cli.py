@@ -23,6 +23,16 @@ from bench.load import Load, run_load
 from bench.report import Slo, compare_table, summarize
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lemur bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,6 +63,9 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--ignore-eos", action="store_true", help="fix output lengths (vLLM extension)")
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--seed", type=int, default=0)
+    example = '{"response_format": {"type": "json_object"}}'
+    d.add_argument("--extra-body", type=_json_object, default={},
+                   help=f"JSON object merged into every request, e.g. '{example}'")  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument("--slo-ttft-ms", type=float, default=None)
     o.add_argument("--slo-tpot-ms", type=float, default=None)
@@ -126,7 +139,7 @@ def run(argv: list[str]) -> int:
     model = args.model or _default_model(args.base_url, args.api_key)
     tokenizer = load_tokenizer(args.tokenizer or model)
     target = Target(args.base_url, model, args.api_key, args.endpoint, not args.no_stream, args.ignore_eos,
-                    args.temperature)  # fmt: skip
+                    args.temperature, args.extra_body)  # fmt: skip
     prompts = _prompts(args, tokenizer)
     results, duration, cpu = asyncio.run(_bench(args, target, prompts))
     slo = Slo(args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms)

@@ -22,6 +22,8 @@ class Target:
     stream: bool = True
     ignore_eos: bool = False
     temperature: float = 0.0
+    # Fields added to every request body (e.g. a response_format or tools).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,7 +63,7 @@ def _body(t: Target, p: BenchPrompt) -> dict[str, Any]:
         body["stream_options"] = {"include_usage": True}
     if t.ignore_eos:
         body["ignore_eos"] = True
-    return body
+    return {**body, **t.extra_body}
 
 
 def _content(chunk: dict[str, Any], endpoint: str) -> str:

@@ -49,7 +49,8 @@ async def warm_up(ctx: ServingContext) -> None:
 
 def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -> ServingContext:
     source_template, source = select_template(config.chat_template, tokenizer.chat_template)
-    template = ChatTemplate.build(source_template, source, tokenizer.special.bos, tokenizer.special.eos)
+    special = tokenizer.special
+    template = ChatTemplate.build(source_template, source, special.bos, special.eos, tokenizer.control_texts)
     names = config.served_model_names or (engine.info.name,)
     config = GatewayConfig(**{**config.__dict__, "served_model_names": names})
     info = engine.info

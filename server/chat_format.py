@@ -84,14 +84,15 @@ LEMUR_CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{% if message['role'] == 'tool' %}"
-    "{{ {'tool_call_id': message['tool_call_id'], 'name': message.get('name')} | tojson(separators=(',', ':')) }}"
+    "{% set name = message['name'] if message['name'] is defined else none %}"
+    "{{ {'tool_call_id': message['tool_call_id'], 'name': name} | tojson(separators=(',', ':')) }}"
     "{{ '\\n' }}"
     "{% endif %}"
     "{{ message['content'] }}"
     "{% if loop.first and tools and message['role'] == 'system' %}"
     "{{ ('\\n\\n' if message['content'] else '') + tools_text }}"
     "{% endif %}"
-    "{% for call in message.get('tool_calls') or [] %}"
+    "{% for call in message['tool_calls'] or [] %}"
     + _jinja_text(TOOL_CALL_OPEN + '{"name":')
     + "{{ call['function']['name'] | tojson }}"
     + _jinja_text(',"arguments":')

@@ -84,7 +84,8 @@ class ChatTemplate:
 
     @classmethod
     def build(cls, template: str, source: str, bos_token: str | None, eos_token: str | None,
-              control_texts: tuple[str, ...] = ()) -> ChatTemplate:  # fmt: skip
+              control_texts: tuple[str, ...]) -> ChatTemplate:  # fmt: skip
+        """`control_texts`: the tokenizer's control tokens, which `tojson` must never spell."""
         env = _environment(control_texts)
         handles_tools = "tools" in meta.find_undeclared_variables(env.parse(template))
         builtin = template == LEMUR_CHATML_TEMPLATE
@@ -115,13 +116,16 @@ class ChatTemplate:
         repeats or branches on content), so the caller can fail closed."""
         prompt = self.render(messages, add_generation_prompt, tools)
         nonce = secrets.token_hex(8)
-        marks = [f"\x00{nonce}.{i}\x00" for i in range(len(messages))]
+        # Empty contents hold nothing to protect, and a template may branch on them: left as they are.
+        marks = [f"\x00{nonce}.{i}\x00" if m["content"] else "" for i, m in enumerate(messages)]
         marked_messages = [{**m, "content": k} for m, k in zip(messages, marks, strict=True)]
         marked = self.render(marked_messages, add_generation_prompt, tools)
         pieces: list[str] = []
         spans: list[tuple[int, int]] = []
         pos = length = 0
         for message, mark in zip(messages, marks, strict=True):
+            if not mark:
+                continue
             at = marked.find(mark, pos)
             if at < 0 or marked.count(mark) != 1:
                 return prompt, None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -122,6 +123,17 @@ class Metrics:
             registry=r,
         )
         self.tool_calls = Counter("lemur:tool_calls", "Tool calls in replies.", labels, registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: labels() takes microseconds and
+        runs for every request and every streamed chunk. Label values here come
+        from small fixed sets (routes, statuses, key names, finish reasons)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """`lemur:num_requests_queued` reads the admission queue's depth at each scrape."""
@@ -165,9 +177,9 @@ class RequestTracker:
 
     def __post_init__(self) -> None:
         m = self.metrics
-        m.waiting.labels(m.model_name).inc()
-        m.prompt_tokens.labels(m.model_name).inc(self.prompt_tokens)
-        m.key_tokens.labels(self.key, "prompt").inc(self.prompt_tokens)
+        m.child(m.waiting, m.model_name).inc()
+        m.child(m.prompt_tokens, m.model_name).inc(self.prompt_tokens)
+        m.child(m.key_tokens, self.key, "prompt").inc(self.prompt_tokens)
 
     def on_tokens(self, count: int) -> None:
         if count <= 0:
@@ -176,12 +188,12 @@ class RequestTracker:
         m = self.metrics
         if self.first_token_at is None:
             self.first_token_at = now
-            m.ttft.labels(m.model_name).observe(now - self.start)
-            m.waiting.labels(m.model_name).dec()
-            m.running.labels(m.model_name).inc()
+            m.child(m.ttft, m.model_name).observe(now - self.start)
+            m.child(m.waiting, m.model_name).dec()
+            m.child(m.running, m.model_name).inc()
         self.last_token_at = now
         self.tokens += count
-        m.generation_tokens.labels(m.model_name).inc(count)
+        m.child(m.generation_tokens, m.model_name).inc(count)
 
     def finish(self, reason: str) -> None:
         if self.done:
@@ -189,12 +201,12 @@ class RequestTracker:
         self.done = True
         m = self.metrics
         if self.first_token_at is None:
-            m.waiting.labels(m.model_name).dec()
+            m.child(m.waiting, m.model_name).dec()
         else:
-            m.running.labels(m.model_name).dec()
+            m.child(m.running, m.model_name).dec()
             assert self.last_token_at is not None
-            m.e2e.labels(m.model_name).observe(self.last_token_at - self.start)
+            m.child(m.e2e, m.model_name).observe(self.last_token_at - self.start)
             if self.tokens > 1:
-                m.tpot.labels(m.model_name).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
-        m.request_success.labels(m.model_name, reason).inc()
-        m.key_tokens.labels(self.key, "generation").inc(self.tokens)
+                m.child(m.tpot, m.model_name).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
+        m.child(m.request_success, m.model_name, reason).inc()
+        m.child(m.key_tokens, self.key, "generation").inc(self.tokens)

@@ -56,8 +56,9 @@ class RequestMiddleware:
             key = caller.key_name if caller is not None else "none"
             ctx = getattr(scope["app"].state, "ctx", None)
             if ctx is not None:
-                ctx.metrics.http_requests.labels(route, scope["method"], str(status)).inc()
-                ctx.metrics.key_requests.labels(key, str(status)).inc()
+                metrics = ctx.metrics
+                metrics.child(metrics.http_requests, route, scope["method"], str(status)).inc()
+                metrics.child(metrics.key_requests, key, str(status)).inc()
             logger.info(
                 "%s %s %d", scope["method"], scope["path"], status,
                 extra={"status": status, "route": route, "key": key,

@@ -235,7 +235,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         caller.limits.admit()
     if body.messages is not None:
         chars = sum(len(m.text()) for m in body.messages)
-        args = (render_messages, ctx, body.messages, body.add_generation_prompt)
+        args = (render_messages, ctx, body.messages, body.add_generation_prompt, body.tools)
         tokens = await ctx.pool.run(*args, chars=chars, param="messages")
     else:
         args = (ctx.tokenizer.encode, body.prompt or "", body.add_special_tokens)

@@ -19,21 +19,26 @@ logger = logging.getLogger("lemur.transport")
 
 
 class ReadDeadlineProtocol(HttpToolsProtocol):
+    """One timer per connection, re-armed only when it fires (not once per
+    request: a keep-alive client sends thousands)."""
+
     deadline_s: float = 30.0
-    _deadline: asyncio.TimerHandle | None = None
+    _timer: asyncio.TimerHandle | None = None
+    _waiting_since: float | None = None  # when the connection began to owe us a request
 
     def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self.deadline_s, self._expire)
+        self._waiting_since = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._waiting_since + self.deadline_s, self._check)
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _expire(self) -> None:
-        self._deadline = None
-        if not self.transport.is_closing():
+    def _check(self) -> None:
+        self._timer = None
+        since = self._waiting_since
+        if since is None:
+            return  # a request is in: _arm starts over when its response ends
+        if self.loop.time() - since < self.deadline_s:
+            self._timer = self.loop.call_at(since + self.deadline_s, self._check)
+        elif not self.transport.is_closing():
             logger.info("closed a connection that sent no whole request within %.0fs", self.deadline_s)
             self.transport.close()
 
@@ -42,7 +47,7 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
         self._arm()
 
     def on_message_complete(self) -> None:
-        self._disarm()  # the whole request is in: the app's own timeouts take over
+        self._waiting_since = None  # the whole request is in: the app's own timeouts take over
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -51,7 +56,9 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
             self._arm()  # kept alive: the next request gets the same deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
 

@@ -83,6 +83,24 @@ def test_bench_counts_errors_by_status(server, tmp_path: Path) -> None:
     assert s["ttft_ms"]["p50"] is None
 
 
+def test_bench_extra_body_reaches_every_request(server, tmp_path: Path) -> None:
+    """--extra-body merges into each request: here a response_format the server
+    enforces (JSON replies) and a bad one it refuses (every request a 400)."""
+    out = tmp_path / "json.json"
+    base = ["--base-url", server.url("/v1"), "--api-key", server.api_key, "--model", MODEL_NAME,
+            "--concurrency", "2", "--num-requests", "4", "--output-len", "200", "--no-plots", "--quiet"]  # fmt: skip
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    fmt = {"response_format": {"type": "json_schema", "json_schema": {"name": "ok", "schema": schema}}}
+    assert bench_main([*base, "--out", str(out), "--extra-body", json.dumps(fmt)]) == 0
+    s = json.loads(out.read_text())["summary"]
+    assert s["completed"] == 4 and s["failed"] == 0
+    # {"ok":true} or {"ok":false}: a handful of tokens, far below the 200 allowed.
+    assert 0 < s["total_output_tokens"] <= 4 * 12
+    bad = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 7}}}}
+    assert bench_main([*base, "--out", str(out), "--extra-body", json.dumps(bad)]) == 0
+    assert json.loads(out.read_text())["summary"]["errors"] == {"400:invalid_request_error": 4}
+
+
 @pytest.mark.e2e
 def test_mock_engine_serves_through_the_same_protocol(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import openai

@@ -12,7 +12,7 @@ from server.chat_template import ChatTemplate
 from server.engine import StructuredSpec
 from server.errors import InvalidRequest
 from server.protocol.chat import ChatCompletionRequest
-from server.serving.structured import check_schema, schema_grammar, structured_spec
+from server.serving.structured import schema_grammar, structured_spec
 from server.serving.tool_calls import ToolCallParser
 
 REPLIES = [
@@ -22,6 +22,10 @@ REPLIES = [
     "<tool_call>not json at all</tool_call> trailing",
     '<tool_call>{"name": "f", "arguments": {"a": 1} }\n</tool_call> and then text',
     '<tool_call>{"name":"f","arguments":{"a":"b',
+    '<tool_call>{"name":"w","arguments":{"s":"</tool_call>}\\"{"}}</tool_call>',
+    '<tool_call>{"name": 1}</tool_call><tool_call>{"name":"f","arguments":{}}</tool_call>',
+    '<tool_call>{"name":"f","arguments":{"a":1}}</tool_ca',
+    '<tool_call>{"name":"\\q","arguments":{}}</tool_call>',
 ]
 
 
@@ -47,8 +51,16 @@ def test_whole_replies() -> None:
     assert parse(REPLIES[1], [len(REPLIES[1])])[1] == [("f", "{}", True), ("g", '{"x":"</tool"}', True)]
     assert parse(REPLIES[2], [len(REPLIES[2])]) == (REPLIES[2], [], {})  # held-back markup comes out at the end
     assert parse(REPLIES[3], [len(REPLIES[3])]) == (REPLIES[3], [], {})  # not a call: text, markup included
-    assert parse(REPLIES[4], [len(REPLIES[4])])[:2] == (" and then text", [("f", '{"a": 1} ', True)])
+    assert parse(REPLIES[4], [len(REPLIES[4])])[:2] == (" and then text", [("f", '{"a": 1}', True)])
     assert parse(REPLIES[5], [len(REPLIES[5])])[1] == [("f", '{"a":"b', False)]  # cut off by max_tokens
+    # Markup inside a JSON string is text.
+    assert parse(REPLIES[6], [len(REPLIES[6])])[:2] == ("", [("w", '{"s":"</tool_call>}\\"{"}', True)])
+    # A head that is not a call is text, and the real call after it is found.
+    content, calls, _ = parse(REPLIES[7], [len(REPLIES[7])])
+    assert content == '<tool_call>{"name": 1}</tool_call>' and calls == [("f", "{}", True)]
+    # Cut off inside the closing tag: the call is whole, the partial tag is dropped.
+    assert parse(REPLIES[8], [len(REPLIES[8])])[:2] == ("", [("f", '{"a":1}', True)])
+    assert parse(REPLIES[9], [len(REPLIES[9])])[1] == []  # a name that is not valid JSON: text
 
 
 @pytest.mark.parametrize("text", REPLIES)
@@ -73,12 +85,17 @@ def test_markup_never_reaches_content_while_streaming() -> None:
 
 
 def test_work_per_step_is_bounded() -> None:
-    """Held-back text stays small however long the reply grows."""
+    """Nothing is kept back inside arguments, however long they grow, nor in
+    text beyond a partial `<tool_call>`."""
     parser = ToolCallParser()
     parser.feed('<tool_call>{"name":"f","arguments":{"text":"')
     for _ in range(2000):
-        parser.feed("lorem ipsum } dolor ")
-        assert len(parser._pending) < 32
+        step = parser.feed("lorem ipsum } </tool_call> ")
+        assert step.arguments == {0: "lorem ipsum } </tool_call> "} and parser._pending == ""
+    parser = ToolCallParser()
+    for _ in range(2000):
+        assert parser.feed("some text <tool").content.endswith("some text ")
+        assert len(parser._pending) <= len("<tool_call>")
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -90,8 +107,12 @@ def request(**fields) -> ChatCompletionRequest:
 
 
 def test_tool_choice_kinds_become_structural_tags() -> None:
+    def kind(req: ChatCompletionRequest) -> str | None:
+        return req.tool_choice_kind() if req.tools else None
+
     def fmt(**fields) -> dict:
-        spec = structured_spec(request(**fields), any_whitespace=False)
+        req = request(**fields)
+        spec = structured_spec(req, kind(req), any_whitespace=False)
         assert isinstance(spec, StructuredSpec) and spec.kind == "structural_tag" and spec.param == "tools"
         return json.loads(spec.spec)["format"]
 
@@ -103,8 +124,8 @@ def test_tool_choice_kinds_become_structural_tags() -> None:
     assert required["type"] == "tags_with_separator" and required["at_least_one"] and required["stop_after_first"]
     named = fmt(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert named["stop_after_first"] and len(named["tags"]) == 1
-    assert structured_spec(request(tools=[WEATHER], tool_choice="none"), any_whitespace=False) is None
-    assert structured_spec(request(), any_whitespace=False) is None
+    assert structured_spec(request(tools=[WEATHER], tool_choice="none"), "none", any_whitespace=False) is None
+    assert structured_spec(request(), None, any_whitespace=False) is None
 
 
 def accepts(ebnf: str, text: str) -> bool:
@@ -118,8 +139,8 @@ def accepts(ebnf: str, text: str) -> bool:
 
 
 def test_schema_grammar_has_no_free_whitespace_and_json_strings() -> None:
-    schema = '{"type":"object","properties":{"s":{"type":"string","maxLength":4},"n":{"type":"integer"}}}'
-    tight, loose = schema_grammar(schema, False), schema_grammar(schema, True)
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 4}, "n": {"type": "integer"}}}
+    tight, loose = schema_grammar(schema, "p", False), schema_grammar(schema, "p", True)
     assert accepts(tight, '{"s":"ab","n":3}') and accepts(loose, '{"s":"ab","n":3}')
     assert not accepts(tight, '{ "s": "ab", "n": 3 }') and accepts(loose, '{ "s": "ab", "n": 3 }')
     assert not accepts(tight, '{"s":"abcde","n":3}')  # maxLength holds
@@ -127,11 +148,37 @@ def test_schema_grammar_has_no_free_whitespace_and_json_strings() -> None:
     assert not accepts(tight, '{"s":"a\x05","n":3}')
 
 
-@pytest.mark.parametrize("schema", [{"type": "objekt"}, {"type": 3}, {"properties": "x"}, []])
+@pytest.mark.parametrize(
+    "schema", [{"type": "objekt"}, {"type": 3}, {"properties": "x"}, [], {"$schema": []}, {"$ref": "#/nowhere"}]
+)
 def test_bad_schemas_are_400(schema) -> None:
     with pytest.raises(InvalidRequest) as info:
-        check_schema(schema, "response_format.json_schema.schema")
+        schema_grammar(schema, "response_format.json_schema.schema", any_whitespace=False)
     assert info.value.param == "response_format.json_schema.schema"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}}, "tool_choice"),
+        ({"tools": [WEATHER, WEATHER]}, "tools.1.function.name"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+         "tools.0.function.parameters"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+          "function": {"name": "f", "arguments": "[" * 100000}}]}]}, "messages.0.tool_calls.0.function.arguments"),
+    ],
+)  # fmt: skip
+def test_bad_tool_requests_name_the_param(fields: dict, param: str) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+
+    from server.errors import _validation_message
+
+    with pytest.raises(ValidationError) as info:
+        request(**fields)
+    errors = [{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()]
+    assert _validation_message(RequestValidationError(errors))[1] == param
 
 
 def test_template_keeps_tool_json_as_data() -> None:
@@ -160,7 +207,7 @@ def test_training_text_is_the_served_template_text() -> None:
     from training.sft_data import conversation_segments
     from training.sft_tools import tool_conversations
 
-    t = ChatTemplate.build(LEMUR_CHATML_TEMPLATE, "built in", "<s>", "</s>", ("<s>", "</s>"))
+    t = ChatTemplate.build(LEMUR_CHATML_TEMPLATE, "built in", "<s>", "</s>", ("<s>", "</s>", "<|im_end|>"))
     for conv in tool_conversations(40, seed=1):
         messages = [dict(m) for m in conv["messages"]]
         for m in messages:  # the template gets what the gateway passes: parsed arguments, names on results

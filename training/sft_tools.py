@@ -158,6 +158,10 @@ def no_tool_prompt(rng: random.Random, items: list[ApiItem]) -> tuple[list[dict[
     return [*_system(rng), {"role": "user", "content": question}], _listed(rng, None), answer
 
 
+def _api_items() -> list[ApiItem]:
+    return sorted(set(iter_api_items()), key=lambda i: (i.module, i.name))
+
+
 def _tools(listed: list[ToolSpec]) -> list[dict[str, Any]]:
     return [{"type": "function", "function": t.function()} for t in listed]
 
@@ -166,7 +170,7 @@ def tool_conversations(count: int, seed: int = 0, split: str = "train") -> list[
     """`count` conversations: about 3 in 4 call a tool, the rest answer in text."""
     rng = random.Random(f"tools-{seed}-{split}")
     parity = 0 if split == "train" else 1
-    items = sorted(set(iter_api_items()), key=lambda i: (i.module, i.name))
+    items = _api_items()
     convs = []
     for n in range(count):
         if rng.random() < 0.25:
@@ -190,7 +194,7 @@ def eval_prompts(calls: int, texts: int, seed: int = 0) -> list[dict[str, Any]]:
     """Held-out prompts (slot values never trained on): `calls` that one listed
     tool fits (`expect`: its name) and `texts` that none fits (`expect`: None)."""
     rng = random.Random(f"tools-eval-{seed}")
-    items = sorted(set(iter_api_items()), key=lambda i: (i.module, i.name))
+    items = _api_items()
     out = []
     for _ in range(calls):
         messages, listed, target, _ = tool_prompt(rng, parity=1)

@@ -141,8 +141,13 @@ def _structured(spec: StructuredSpec | None) -> StructuredOutputsParams | None:
     return StructuredOutputsParams(structural_tag=spec.spec)
 
 
+def _rejected(exc: VLLMClientError, spec: SamplingSpec) -> EngineRejectedRequest:
+    """vLLM refused the request: name the field (a grammar's, when vLLM names none)."""
+    param = getattr(exc, "parameter", None) or (spec.structured.param if spec.structured is not None else None)
+    return EngineRejectedRequest(str(exc), param)
+
+
 def _to_sampling_params(spec: SamplingSpec) -> SamplingParams:
-    param = spec.structured.param if spec.structured is not None else None
     try:
         return SamplingParams(
             n=spec.n,
@@ -167,7 +172,7 @@ def _to_sampling_params(spec: SamplingSpec) -> SamplingParams:
             structured_outputs=_structured(spec.structured),
         )
     except VLLMClientError as exc:
-        raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None) or param) from exc
+        raise _rejected(exc, spec) from exc
     except (ValueError, TypeError, OverflowError) as exc:
         raise EngineRejectedRequest(str(exc)) from exc
 
@@ -274,8 +279,7 @@ class VllmEngine:
         except VllmEngineDeadError as exc:
             raise EngineDeadError(str(exc)) from exc
         except VLLMClientError as exc:  # e.g. a grammar the structured-output backend refuses
-            param = spec.structured.param if spec.structured is not None else None
-            raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None) or param) from exc
+            raise _rejected(exc, spec) from exc
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
-from server.protocol.common import OpenAIModel, ResponseModel, SamplingFields, Usage
+from server.protocol.common import OpenAIModel, ResponseModel, SamplingFields, SparseResponseModel, Usage
 from server.protocol.tools import (
     DeltaToolCall,
     NamedToolChoice,
@@ -83,7 +83,22 @@ class ChatCompletionRequest(SamplingFields):
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
+        self._check_tools()
         return self
+
+    def _check_tools(self) -> None:
+        names = [t.function.name for t in self.tools or ()]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise PydanticCustomError("duplicate", f"two tools are named {name!r}",
+                                          {"param": f"tools.{i}.function.name"})  # fmt: skip
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not names:
+            kind = choice if isinstance(choice, str) else "a named function"
+            raise PydanticCustomError("needs_tools", f"tool_choice {kind} needs tools", {"param": "tool_choice"})
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise PydanticCustomError("unknown_function", f"tool_choice names {choice.function.name!r}, which is "
+                                      "not among the tools", {"param": "tool_choice"})  # fmt: skip
 
     def tool_choice_kind(self) -> str:
         """none | auto | required | named (OpenAI's default: auto with tools, none without)."""
@@ -92,7 +107,10 @@ class ChatCompletionRequest(SamplingFields):
         return self.tool_choice or ("auto" if self.tools else "none")
 
     def text_chars(self) -> int:
-        return sum(len(m.text()) for m in self.messages)
+        """Characters the prompt is made of: contents and call arguments (tool
+        definitions are counted by needs_grammar, which sends them off the loop)."""
+        chars = sum(len(m.text()) for m in self.messages)
+        return chars + sum(len(c.function.arguments) for m in self.messages for c in m.tool_calls or ())
 
     def needs_grammar(self) -> bool:
         """Tools or a JSON response format: schemas to check and convert (off the event loop)."""
@@ -145,16 +163,12 @@ class ChatCompletionResponse(ResponseModel):
     usage: Usage
 
 
-class ChatDelta(ResponseModel):
+class ChatDelta(SparseResponseModel):
     """Only the fields a chunk carries: `{"role": ..., "content": ""}` first, then `{"content": ...}`."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatChunkChoice(ResponseModel):

@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 logger = logging.getLogger("lemur.protocol")
 
@@ -70,6 +70,15 @@ class RequestModel(OpenAIModel):
 
 class ResponseModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class SparseResponseModel(ResponseModel):
+    """A response object whose unset (None) fields are left out, not sent as
+    null: streamed deltas (`{"content": "x"}`), tool-call deltas."""
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class StreamOptions(OpenAIModel):

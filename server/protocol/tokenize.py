@@ -6,12 +6,14 @@ from pydantic import model_validator
 
 from server.protocol.chat import ChatMessage
 from server.protocol.common import RequestModel, ResponseModel
+from server.protocol.tools import Tool
 
 
 class TokenizeRequest(RequestModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[Tool] | None = None  # rendered as chat completions render them (with messages)
     add_generation_prompt: bool = True
     add_special_tokens: bool = True
 

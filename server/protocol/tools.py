@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from server.protocol.common import OpenAIModel, ResponseModel
+from server.protocol.common import OpenAIModel, ResponseModel, SparseResponseModel
 
 # OpenAI's rule for function and schema names.
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -19,11 +19,20 @@ class FunctionDefinition(OpenAIModel):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _an_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Arguments are a JSON object (OpenAI's rule, and Lemur's format): a call
+        # whose arguments were anything else could not be sent back in the history.
+        if value is not None and value.get("type", "object") != "object":
+            raise ValueError('must be a JSON Schema of type "object"')
+        return value
+
     def schema(self) -> dict[str, Any]:
-        """The arguments' JSON Schema; a function without parameters takes an empty object."""
-        if self.parameters is None:
+        """The arguments' JSON Schema; no parameters means an empty object."""
+        if not self.parameters:
             return {"type": "object", "properties": {}, "additionalProperties": False}
-        return self.parameters
+        return {"type": "object", **self.parameters}
 
 
 class Tool(OpenAIModel):
@@ -53,7 +62,7 @@ class FunctionCall(OpenAIModel):
     def _json_object(cls, value: str) -> str:
         try:
             parsed = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError("must be a JSON object encoded as a string") from None
         if not isinstance(parsed, dict):
             raise ValueError("must be a JSON object encoded as a string")
@@ -100,23 +109,15 @@ class ResponseToolCall(ResponseModel):
     function: ResponseFunctionCall
 
 
-class DeltaFunctionCall(ResponseModel):
+class DeltaFunctionCall(SparseResponseModel):
     name: str | None = None
     arguments: str
 
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
 
-
-class DeltaToolCall(ResponseModel):
+class DeltaToolCall(SparseResponseModel):
     """A streamed call: the first delta has id, type and name, later ones argument text."""
 
     index: int
     id: str | None = None
     type: Literal["function"] | None = None
     function: DeltaFunctionCall
-
-    @model_serializer(mode="wrap")
-    def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 from pydantic import BaseModel
 
@@ -49,8 +48,9 @@ def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprob
 
 
 def _finish_reason(reason: str | None, parser: ToolCallParser | None) -> str | None:
-    """OpenAI's `tool_calls` when a reply that called tools ended by itself."""
-    return "tool_calls" if reason == "stop" and parser is not None and parser.calls else reason
+    """OpenAI's `tool_calls` when a reply ended by itself after whole calls."""
+    called = parser is not None and parser.calls and parser.all_complete()
+    return "tool_calls" if reason == "stop" and called else reason
 
 
 def _call_deltas(parser: ToolCallParser, step: Step) -> list[DeltaToolCall] | None:
@@ -116,7 +116,8 @@ class ChatAnswer:
 
     def _count_calls(self, parser: ToolCallParser) -> None:
         if parser.calls:
-            self.ctx.metrics.tool_calls.labels(self.ctx.metrics.model_name).inc(len(parser.calls))
+            metrics = self.ctx.metrics
+            metrics.child(metrics.tool_calls, metrics.model_name).inc(len(parser.calls))
 
     def _message(self, r: ChoiceResult) -> tuple[ChatResponseMessage, str | None]:
         if not self.parse_tools:
@@ -145,16 +146,16 @@ class ChatService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
 
-    def _grammar(self, req: ChatCompletionRequest) -> StructuredSpec | None:
+    def _grammar(self, req: ChatCompletionRequest, tool_choice: str | None) -> StructuredSpec | None:
         metrics = self.ctx.metrics
         fmt = req.response_format.type if req.response_format is not None else "text"
-        tool_choice = req.tool_choice_kind() if req.tools else "no_tools"
-        metrics.structured_requests.labels(fmt, tool_choice).inc()
-        if fmt == "text" and not req.tools:
-            return None
-        t0 = time.perf_counter()
-        grammar = structured_spec(req, self.ctx.engine.info.json_whitespace)
-        metrics.grammar_seconds.observe(time.perf_counter() - t0)
+        if fmt == "text" and tool_choice is None:
+            grammar = None
+        else:
+            t0 = time.perf_counter()
+            grammar = structured_spec(req, tool_choice, self.ctx.engine.info.json_whitespace)
+            metrics.grammar_seconds.observe(time.perf_counter() - t0)
+        metrics.child(metrics.structured_requests, fmt, tool_choice or "no_tools").inc()
         return grammar
 
     def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
@@ -163,15 +164,15 @@ class ChatService:
         check_sequences(ctx.config, req.n, prompts=1)
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         check_max_tokens(ctx.config, req.requested_max_tokens(), param)
-        grammar = self._grammar(req)
+        tool_choice = req.tool_choice_kind() if req.tools else None
+        grammar = self._grammar(req, tool_choice)
         # With tool_choice "none" the tools stay out of the prompt: nothing to call.
-        tools = req.tools if req.tool_choice_kind() != "none" else None
+        tools = req.tools if tool_choice not in (None, "none") else None
         prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt, tools)
         top = (req.top_logprobs or 0) if req.logprobs else None
-        spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(), logprobs=top)
+        spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(),
+                              logprobs=top, structured=grammar)  # fmt: skip
         rid = new_request_id("chatcmpl")
-        engine_request = EngineRequest(
-            rid, tuple(prompt_ids), replace(spec, structured=grammar), ctx.cache_salt(caller)
-        )
+        engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller))
         answer = ChatAnswer(ctx, req, rid, model, parse_tools=tools is not None)
         return Prepared((engine_request,), caller.account(), answer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from server.engine import SamplingSpec
+from server.engine import SamplingSpec, StructuredSpec
 from server.errors import ContextLengthExceeded, InvalidRequest
 from server.protocol.common import SamplingFields
 from server.serving.context import ServingContext
@@ -50,6 +50,7 @@ def build_sampling(
     logprobs: int | None,
     prompt_param: str = "messages",
     prompt_logprobs: int | None = None,
+    structured: StructuredSpec | None = None,
 ) -> SamplingSpec:
     info = ctx.engine.info
     defaults = info.generation_defaults
@@ -84,6 +85,7 @@ def build_sampling(
         logit_bias=parse_logit_bias(req.logit_bias, info.vocab_size),
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        structured=structured,
     )
     check_min_tokens(spec)
     return spec

@@ -32,35 +32,18 @@ from server.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
 from server.engine import StructuredSpec
 from server.errors import InvalidRequest
 from server.protocol.chat import ChatCompletionRequest
-from server.protocol.tools import NamedToolChoice, Tool
-
-
-def check_schema(schema: Any, param: str) -> str:
-    """The schema as canonical JSON, or a 400 if it is not a JSON Schema the
-    grammar backend can enforce."""
-    if not isinstance(schema, dict):
-        raise InvalidRequest(f"{param}: a JSON Schema must be an object", param=param)
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise InvalidRequest(f"{param}: not a valid JSON Schema: {exc.message}", param=param) from None
-    text = json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
-    try:
-        schema_grammar(text, any_whitespace=False)
-    except Exception as exc:  # xgrammar's own errors: unsupported keywords, bad $refs, ...
-        raise InvalidRequest(f"{param}: this schema cannot be enforced: {exc}", param=param) from None
-    return text
-
+from server.protocol.tools import NamedToolChoice
 
 # xgrammar 0.2.8 writes the characters of a string with min/maxLength as
 # [^"\\\r\n], which admits raw control characters (invalid in JSON strings).
 _LOOSE_STRING_CHAR = '[^\\"\\\\\\r\\n]'
 _JSON_STRING_CHAR = '[^\\0-\\x1f\\"\\\\\\r\\n]'
+# Schemas up to this size are converted once and remembered (agents resend the
+# same tools); larger ones, which a client could use to fill the memory, never are.
+_CACHED_SCHEMA_CHARS = 65536
 
 
-@lru_cache(maxsize=512)
-def schema_grammar(schema_json: str, any_whitespace: bool) -> str:
-    """EBNF for JSON that follows the schema."""
+def _convert(schema_json: str, any_whitespace: bool) -> str:
     separators = None if any_whitespace else (",", ":")
     grammar = xgrammar.Grammar.from_json_schema(
         schema_json, any_whitespace=any_whitespace, separators=separators, strict_mode=True
@@ -68,39 +51,40 @@ def schema_grammar(schema_json: str, any_whitespace: bool) -> str:
     return str(grammar).replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
 
 
-def _tag(name: str, schema_json: str, any_whitespace: bool) -> dict[str, Any]:
-    content = {"type": "grammar", "grammar": schema_grammar(schema_json, any_whitespace)}
+_convert_cached = lru_cache(maxsize=256)(_convert)
+
+
+def schema_grammar(schema: Any, param: str, any_whitespace: bool) -> str:
+    """EBNF for JSON that follows `schema`, or a 400 naming `param` if it is
+    not a JSON Schema the grammar backend can enforce."""
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{param}: a JSON Schema must be an object", param=param)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequest(f"{param}: not a valid JSON Schema: {exc.message}", param=param) from None
+    except Exception as exc:  # e.g. an unhashable "$schema": not a schema either
+        raise InvalidRequest(f"{param}: not a valid JSON Schema ({type(exc).__name__})", param=param) from None
+    text = json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
+    convert = _convert_cached if len(text) <= _CACHED_SCHEMA_CHARS else _convert
+    try:
+        return convert(text, any_whitespace)
+    except Exception as exc:  # xgrammar's own errors: unsupported keywords, bad $refs, ...
+        raise InvalidRequest(f"{param}: this schema cannot be enforced: {exc}", param=param) from None
+
+
+def _tag(name: str, grammar: str) -> dict[str, Any]:
+    content = {"type": "grammar", "grammar": grammar}
     return {"type": "tag", "begin": tool_call_prefix(name), "content": content, "end": "}" + TOOL_CALL_CLOSE}
 
 
-def _check_tools(tools: list[Tool]) -> dict[str, str]:
-    """{name: schema JSON}; 400 for a duplicate name or a bad schema."""
-    schemas: dict[str, str] = {}
-    for i, tool in enumerate(tools):
-        name = tool.function.name
-        if name in schemas:
-            raise InvalidRequest(f"tools.{i}: two tools are named {name!r}", param=f"tools.{i}.function.name")
-        schemas[name] = check_schema(tool.function.schema(), f"tools.{i}.function.parameters")
-    return schemas
-
-
-def tool_grammar(req: ChatCompletionRequest, any_whitespace: bool) -> StructuredSpec | None:
-    """The structural tag for the request's tool choice; None for `none`."""
-    kind = req.tool_choice_kind()
-    if not req.tools:
-        if req.tool_choice is not None and kind != "none":
-            raise InvalidRequest(f"tool_choice {kind!r} needs tools", param="tool_choice")
-        return None
-    schemas = _check_tools(req.tools)
-    if kind == "none":
-        return None
-    names = list(schemas)
+def tool_grammar(req: ChatCompletionRequest, kind: str, grammars: dict[str, str]) -> StructuredSpec:
+    """The structural tag for the tool choice `kind` (auto | required |
+    named), from each tool's arguments grammar; names and choices were
+    checked with the request."""
     if isinstance(req.tool_choice, NamedToolChoice):
-        name = req.tool_choice.function.name
-        if name not in schemas:
-            raise InvalidRequest(f"tool_choice names {name!r}, which is not among the tools", param="tool_choice")
-        names = [name]
-    tags = [_tag(name, schemas[name], any_whitespace) for name in names]
+        grammars = {req.tool_choice.function.name: grammars[req.tool_choice.function.name]}
+    tags = [_tag(name, grammar) for name, grammar in grammars.items()]
     single = kind == "named" or not req.parallel_tool_calls
     if kind == "auto":
         fmt = {"type": "triggered_tags", "triggers": [TOOL_CALL_OPEN], "tags": tags, "stop_after_first": single}
@@ -110,20 +94,27 @@ def tool_grammar(req: ChatCompletionRequest, any_whitespace: bool) -> Structured
     return StructuredSpec("structural_tag", json.dumps({"type": "structural_tag", "format": fmt}), "tools")
 
 
-def structured_spec(req: ChatCompletionRequest, any_whitespace: bool) -> StructuredSpec | None:
-    """The grammar a chat request asks for, if any."""
-    tools = tool_grammar(req, any_whitespace)
+def structured_spec(req: ChatCompletionRequest, tool_choice: str | None, any_whitespace: bool
+                    ) -> StructuredSpec | None:  # fmt: skip
+    """The grammar a chat request asks for, if any. `tool_choice`: the
+    request's kind of tool choice, None when it has no tools. Every tool's
+    schema is checked, whatever the choice."""
     fmt = req.response_format
-    if fmt is None or fmt.type == "text":
-        return tools
-    if tools is not None:
+    calls = tool_choice not in (None, "none")
+    if calls and fmt is not None and fmt.type != "text":
         raise InvalidRequest(
             "response_format cannot be combined with tool calls; send tool_choice 'none' or leave out tools",
             param="response_format",
         )
+    grammars = {t.function.name: schema_grammar(t.function.schema(), f"tools.{i}.function.parameters", any_whitespace)
+                for i, t in enumerate(req.tools or ())}  # fmt: skip
+    if calls:
+        return tool_grammar(req, tool_choice, grammars)
+    if fmt is None or fmt.type == "text":
+        return None
     if fmt.type == "json_object":
-        return StructuredSpec("grammar", schema_grammar('{"type":"object"}', any_whitespace), "response_format")
+        return StructuredSpec("grammar", schema_grammar({"type": "object"}, "response_format", any_whitespace),
+                              "response_format")  # fmt: skip
     assert fmt.json_schema is not None  # the protocol requires it for json_schema
     param = "response_format.json_schema.schema"
-    schema = check_schema(fmt.json_schema.schema_, param)
-    return StructuredSpec("grammar", schema_grammar(schema, any_whitespace), param)
+    return StructuredSpec("grammar", schema_grammar(fmt.json_schema.schema_, param, any_whitespace), param)

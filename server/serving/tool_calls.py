@@ -4,10 +4,12 @@ The model writes Lemur's format (server/chat_format.py):
 `text <tool_call>{"name":"f","arguments":{...}}</tool_call>...`. The parser
 takes the text delta by delta and says what a client should see: content
 (never the markup), the start of each call (its id and name) and fragments
-of its arguments. Each step does work in proportion to the new text: it
-keeps back only what could still turn out to be markup (a partial
-`<tool_call>`, or the `}` that may close the call), never the whole output.
-The same parser reads a whole reply at once for a non-streamed response.
+of its arguments. The arguments are scanned as JSON (strings, escapes,
+nesting), so a `}` or `</tool_call>` inside a string is just text, and each
+character is looked at once: work is proportional to the new text. Only what
+could still turn out to be markup is kept back (a partial `<tool_call>`, a
+call's head until its name is complete). The same parser reads a whole reply
+at once for a non-streamed response.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from server.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 # A call's head, up to its arguments: `{"name": "<name>", "arguments": `.
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*')
-# A head longer than this without matching is not a call: it is text.
-_MAX_HEAD = 256
+# Text longer than this where a head or a closing tag should be is not a call.
+_MAX_MARKUP = 256
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Call:
     id: str
     name: str
     arguments: str = ""
-    complete: bool = False
+    complete: bool = False  # its arguments are a whole JSON value
 
 
 @dataclass
@@ -64,78 +66,126 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def _args_end(pending: str) -> int:
-    """How much of `pending` is surely argument text: all of it, except from
-    a last `}` after which only a possible `</tool_call>` follows."""
-    brace = pending.rfind("}")
-    if brace >= 0 and TOOL_CALL_CLOSE.startswith(pending[brace + 1 :].lstrip()):
-        return brace
-    return len(pending)
+class _JsonValueEnd:
+    """Finds where one JSON value ends, fed piece by piece."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.started = False
+        self.in_string = False
+        self.escaped = False
+
+    def scan(self, text: str) -> int | None:
+        """The index in `text` just past the end of the value, or None if it goes on."""
+        for i, ch in enumerate(text):
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+                    if self.depth == 0:
+                        return i + 1  # a string value
+            elif ch in "{[":
+                self.depth += 1
+                self.started = True
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth <= 0:
+                    return i + 1
+            elif ch == '"':
+                self.in_string = True
+                self.started = True
+            elif self.depth == 0 and self.started and (ch in ",}" or ch.isspace()):
+                return i  # the end of a number or literal
+            elif not ch.isspace():
+                self.started = True
+        return None
 
 
 class ToolCallParser:
     def __init__(self) -> None:
         self.calls: list[Call] = []
-        self._state = "text"  # text | head | arguments
+        self._state = "text"  # text | head | arguments | close
         self._pending = ""  # text not yet given out
+        self._value = _JsonValueEnd()
 
     def feed(self, text: str) -> Step:
         step = Step()
         self._pending += text
-        while self._advance(step):
+        while getattr(self, f"_{self._state}")(step):
             pass
         return step
 
     def finish(self) -> Step:
-        """The end of the output: whatever was kept back goes out as it is."""
+        """The end of the output: what was kept back goes out as content
+        (an unfinished call stays as it is: incomplete)."""
         step = Step()
-        if self._state == "arguments":
-            self._give_arguments(step, len(self._pending))
-        elif self._state == "head":  # a `<tool_call>` that never became a call is text
-            step.content += TOOL_CALL_OPEN + self._pending
-        else:
-            step.content += self._pending
+        if self._state in ("text", "head"):
+            step.content += (TOOL_CALL_OPEN if self._state == "head" else "") + self._pending
         self._pending, self._state = "", "text"
         return step
 
-    def _advance(self, step: Step) -> bool:
-        """One transition; True while there may be another."""
-        if self._state == "text":
-            at = self._pending.find(TOOL_CALL_OPEN)
-            if at < 0:
-                keep = _partial_suffix(self._pending, TOOL_CALL_OPEN)
-                step.content += self._pending[: len(self._pending) - keep]
-                self._pending = self._pending[len(self._pending) - keep :]
-                return False
-            step.content += self._pending[:at]
-            self._pending, self._state = self._pending[at + len(TOOL_CALL_OPEN) :], "head"
-            return True
-        if self._state == "head":
-            match = _HEAD.match(self._pending)
-            if match is None:
-                if len(self._pending) > _MAX_HEAD or TOOL_CALL_CLOSE in self._pending:
-                    step.content += TOOL_CALL_OPEN + self._pending
-                    self._pending, self._state = "", "text"
-                return False
-            self.calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", json.loads(match.group(1))))
-            step.started.append(len(self.calls) - 1)
-            self._pending, self._state = self._pending[match.end() :], "arguments"
-            return True
-        close = self._pending.find(TOOL_CALL_CLOSE)
-        if close < 0:
-            self._give_arguments(step, _args_end(self._pending))
+    def all_complete(self) -> bool:
+        return all(c.complete for c in self.calls)
+
+    # One method per state; each returns True while there may be another transition.
+    def _text(self, step: Step) -> bool:
+        at = self._pending.find(TOOL_CALL_OPEN)
+        if at < 0:
+            keep = _partial_suffix(self._pending, TOOL_CALL_OPEN)
+            step.content += self._pending[: len(self._pending) - keep]
+            self._pending = self._pending[len(self._pending) - keep :]
             return False
-        rest = self._pending[close + len(TOOL_CALL_CLOSE) :]
-        body = self._pending[:close].rstrip()
-        self._give_arguments(step, len(body) - 1 if body.endswith("}") else len(body))
-        self.calls[-1].complete = True
-        self._pending, self._state = rest, "text"
+        step.content += self._pending[:at]
+        self._pending, self._state = self._pending[at + len(TOOL_CALL_OPEN) :], "head"
         return True
 
-    def _give_arguments(self, step: Step, upto: int) -> None:
-        piece = self._pending[:upto]
-        if not self.calls[-1].arguments:
+    def _head(self, step: Step) -> bool:
+        match = _HEAD.match(self._pending)
+        name = _json_string(match.group(1)) if match else None
+        if name is None:
+            if match or len(self._pending) > _MAX_MARKUP or TOOL_CALL_CLOSE in self._pending:
+                # Not a call: the tag is text, and parsing goes on right after it.
+                step.content += TOOL_CALL_OPEN
+                self._state = "text"
+                return True
+            return False
+        self.calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", name))
+        step.started.append(len(self.calls) - 1)
+        self._pending, self._state, self._value = self._pending[match.end() :], "arguments", _JsonValueEnd()
+        return True
+
+    def _arguments(self, step: Step) -> bool:
+        end = self._value.scan(self._pending)
+        piece = self._pending if end is None else self._pending[:end]
+        call = self.calls[-1]
+        if not call.arguments:
             piece = piece.lstrip()
-        self.calls[-1].arguments += piece
+        call.arguments += piece
         step.add_arguments(len(self.calls) - 1, piece)
-        self._pending = self._pending[upto:]
+        if end is None:
+            self._pending = ""
+            return False
+        call.complete = True
+        self._pending, self._state = self._pending[end:], "close"
+        return True
+
+    def _close(self, step: Step) -> bool:
+        """After the arguments: the call's `}` and `</tool_call>` (dropped)."""
+        at = self._pending.find(TOOL_CALL_CLOSE)
+        if at < 0:
+            if len(self._pending) > _MAX_MARKUP:  # no closing tag after all: back to text
+                self._pending, self._state = self._pending.lstrip().removeprefix("}"), "text"
+                return True
+            return False
+        self._pending, self._state = self._pending[at + len(TOOL_CALL_CLOSE) :], "text"
+        return True
+
+
+def _json_string(literal: str) -> str | None:
+    try:
+        return json.loads(literal)
+    except ValueError:
+        return None
