@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--calls", type=int, default=50)
     p.add_argument("--texts", type=int, default=20)
-    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", type=Path, default=None, help="write the per-prompt results JSON here")
     args = p.parse_args(argv)
 
