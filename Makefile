@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 model: $(MODEL)/config.json
 
 # The default model: Lemur's recipe (pretrain + SFT + export) on the tiny
-# preset, ~13 minutes on 2 cores the first time, cached in $(MODEL) after that.
+# preset, ~12 minutes on 2 cores the first time, cached in $(MODEL) after that.
 $(MODEL)/config.json: | $(STAMP)
 	$(BIN)/lemur train recipe --preset tiny --out runs/tiny --export-to $(MODEL)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -86,6 +87,11 @@ def create_app(
         app.state.ctx = ctx
         app.state.chat = ChatService(ctx)
         app.state.completions = CompletionService(ctx)
+        # Everything loaded so far (vLLM, torch, tokenizer: hundreds of thousands
+        # of objects) lives as long as the process: out of the collector's way,
+        # so that full collections, which requests trigger, do not scan it.
+        gc.collect()
+        gc.freeze()
         warm = asyncio.create_task(warm_up(ctx)) if config.warmup else None
         if warm is None:
             ctx.state.ready = True

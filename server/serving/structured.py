@@ -26,7 +26,6 @@ from functools import lru_cache
 from typing import Any
 
 import jsonschema
-import xgrammar
 
 from server.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
 from server.engine import StructuredSpec
@@ -44,6 +43,10 @@ _CACHED_SCHEMA_CHARS = 65536
 
 
 def _convert(schema_json: str, any_whitespace: bool) -> str:
+    # Imported on first use: xgrammar brings torch, ~200k more objects on the
+    # gateway's heap, which a server without grammar traffic should not carry.
+    import xgrammar
+
     separators = None if any_whitespace else (",", ":")
     grammar = xgrammar.Grammar.from_json_schema(
         schema_json, any_whitespace=any_whitespace, separators=separators, strict_mode=True
