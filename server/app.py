@@ -104,6 +104,7 @@ def create_app(
                     task.cancel()
             ctx.pool.shutdown()
             await engine.shutdown()
+            gc.unfreeze()  # let everything be finalized at exit as usual
 
     # The schema is served by our own route, behind the API keys (no open docs pages).
     app = FastAPI(
