@@ -165,8 +165,11 @@ def test_resume_reaches_the_same_loss(micro_run, tmp_path: Path) -> None:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize(("strategy", "accum"), [("ddp", 1), ("fsdp", 1), ("ddp", 2)])
+def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path, strategy: str, accum: int) -> None:
+    """Two ranks of micro-batch 2 // accum, accumulating `accum` micro-batches
+    (DDP skips the gradient all-reduce but for the last), equal one process
+    with micro-batch 4."""
     run, _, _ = micro_run
     common = ["pretrain.max_steps=4", "pretrain.save_every=100", "pretrain.eval_every=100",
               f"distributed.strategy={strategy!r}"]  # fmt: skip
@@ -176,7 +179,8 @@ def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path
     run_pretrain(load_config(MICRO, [*common, "pretrain.micro_batch_size=4"]), one, SINGLE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "training.cli", "pretrain", "--preset", MICRO, "--out", str(two),
-           *[x for c in [*common, "pretrain.micro_batch_size=2"] for x in ("--set", c)]]  # fmt: skip
+           *[x for c in [*common, f"pretrain.micro_batch_size={2 // accum}", f"pretrain.grad_accum={accum}"]
+             for x in ("--set", c)]]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -209,12 +209,13 @@ def train_phase(
         for micro in range(cfg.grad_accum):
             rows = mine[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
             batch = _to_device(train_data.batch(rows), d.device)
-            # Only the last micro-batch all-reduces gradients under DDP.
+            # Only the last micro-batch all-reduces gradients under DDP. One
+            # `with` for forward and backward: no_sync() is a generator-based
+            # context manager and cannot be entered twice.
             sync = micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
-            ctx = wrapped.no_sync() if not sync else nullcontext()
-            with ctx, _autocast(cfg, d.device):
-                loss = wrapped(**batch).loss / cfg.grad_accum
-            with ctx:
+            with wrapped.no_sync() if not sync else nullcontext():
+                with _autocast(cfg, d.device):
+                    loss = wrapped(**batch).loss / cfg.grad_accum
                 loss.backward()
             loss_sum += float(loss.detach())
             window_tokens += int(batch["input_ids"].numel()) * d.world_size
