@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.live_gateway import live_gateway
 
 
 def held_out_prompts(path: Path, count: int) -> list[list[dict[str, str]]]:
@@ -34,12 +32,6 @@ def held_out_prompts(path: Path, count: int) -> list[list[dict[str, str]]]:
     return prompts
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True)
@@ -51,22 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import openai
 
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    cmd = [sys.executable, "-m", "server", "serve", str(args.model), "--port", str(port), "--enforce-eager"]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("server did not become ready")
-            time.sleep(0.5)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+    with live_gateway(args.model) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         model = client.models.list().data[0].id
         results = []
         for messages in held_out_prompts(args.heldout, args.prompts):
@@ -75,9 +53,6 @@ def main(argv: list[str] | None = None) -> int:
             c = r.choices[0]
             results.append({"prompt": messages[-1]["content"], "reply": c.message.content,
                             "finish_reason": c.finish_reason, "tokens": r.usage.completion_tokens})  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     stopped = sum(r["finish_reason"] == "stop" for r in results)
     summary = {
         "model": str(args.model),

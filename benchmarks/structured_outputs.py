@@ -30,7 +30,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.tool_use import free_port, start  # noqa: E402
+from benchmarks.live_gateway import live_gateway  # noqa: E402
 
 DIGIT = {"type": "integer", "minimum": 0, "maximum": 9}
 DIGITS = {"type": "object", "required": ["digits"],
@@ -41,8 +41,8 @@ def schema_body(name: str) -> dict:
     return {"response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": DIGITS}}}
 
 
-def bench(port: int, model: Path, extra: dict, out: Path, args: argparse.Namespace) -> float:
-    cmd = [sys.executable, "-m", "server", "bench", "--base-url", f"http://127.0.0.1:{port}/v1", "--tokenizer",
+def bench(url: str, model: Path, extra: dict, out: Path, args: argparse.Namespace) -> float:
+    cmd = [sys.executable, "-m", "server", "bench", "--base-url", f"{url}/v1", "--tokenizer",
            str(model), "--input-len", "128", "--output-len", str(args.output_len), "--ignore-eos",
            "--concurrency", str(args.concurrency), "--num-requests", str(args.requests), "--warmup", "4",
            "--temperature", "1.0", "--no-plots", "--quiet", "--out", str(out),
@@ -54,7 +54,7 @@ def bench(port: int, model: Path, extra: dict, out: Path, args: argparse.Namespa
     return summary["output_token_throughput"]
 
 
-def first_and_repeat(port: int, model_name: str) -> tuple[float, float]:
+def first_and_repeat(url: str, model_name: str) -> tuple[float, float]:
     """Latency of one short request with a schema never seen before, then the same again."""
     body = {"model": model_name, "messages": [{"role": "user", "content": "digits"}], "max_tokens": 4,
             **schema_body(f"fresh{time.time_ns()}")}  # fmt: skip
@@ -62,13 +62,13 @@ def first_and_repeat(port: int, model_name: str) -> tuple[float, float]:
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
-        httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=120).raise_for_status()
+        httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).raise_for_status()
         times.append(time.perf_counter() - t0)
     return times[0], times[1]
 
 
-def grammar_build_seconds(port: int) -> tuple[float, int]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+def grammar_build_seconds(url: str) -> tuple[float, int]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line.startswith("lemur:grammar_build_seconds_")}  # fmt: skip
     count = int(values.get("lemur:grammar_build_seconds_count", 0))
@@ -90,22 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         from training.tiny import build_tiny_checkpoint
 
         model = build_tiny_checkpoint(work / "tiny")
-    port = free_port()
-    server = start(model, port)
-    try:
-        name = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"][0]["id"]
-        first, repeat = first_and_repeat(port, name)
+    with live_gateway(model) as url:
+        name = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
+        first, repeat = first_and_repeat(url, name)
         runs: dict[str, list[float]] = {"plain": [], "json_schema": []}
         for r in range(args.rounds):
             order = ("plain", "json_schema") if r % 2 == 0 else ("json_schema", "plain")
             for kind in order:
                 extra = schema_body("digits") if kind == "json_schema" else {}
-                runs[kind].append(bench(port, model, extra, work / f"{kind}-{r}.json", args))
+                runs[kind].append(bench(url, model, extra, work / f"{kind}-{r}.json", args))
                 print(f"round {r} {kind}: {runs[kind][-1]:.1f} output tokens/s", flush=True)
-        build_mean, builds = grammar_build_seconds(port)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+        build_mean, builds = grammar_build_seconds(url)
     plain, constrained = statistics.median(runs["plain"]), statistics.median(runs["json_schema"])
     result = {"model": str(model), "date": time.strftime("%Y-%m-%d"), "runs": runs, "plain": plain,
               "json_schema": constrained, "ratio": constrained / plain,

@@ -15,43 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import jsonschema
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.live_gateway import live_gateway  # noqa: E402
 from training.sft_tools import eval_prompts  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(model: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    cmd = [sys.executable, "-m", "server", "serve", str(model), "--port", str(port), "--enforce-eager"]
-    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit("server did not become ready")
-        time.sleep(0.5)
 
 
 def judge(prompt: dict, reply) -> dict:
@@ -85,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import openai
 
-    port = free_port()
-    server = start(args.model, port)
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    with live_gateway(args.model) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         model = client.models.list().data[0].id
         rows = []
         for prompt in eval_prompts(args.calls, args.texts):
@@ -101,9 +72,6 @@ def main(argv: list[str] | None = None) -> int:
                 max_tokens=args.max_tokens,
             )
             rows.append(judge(prompt, reply))
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     tool_rows = [r for r in rows if r["expect"] is not None]
     text_rows = [r for r in rows if r["expect"] is None]
     summary = {

@@ -88,9 +88,11 @@ class ChatAnswer:
         role = ChatDelta(role="assistant", content="")
         return [self._chunk([ChatChunkChoice(index=i, delta=role, finish_reason=None)]) for i in range(self.req.n)]
 
-    def _delta(self, out: EngineOutput) -> tuple[ChatDelta, ToolCallParser | None] | None:
+    def _delta(self, out: EngineOutput) -> ChatDelta | None:
+        """What one engine output shows; None when nothing (half a UTF-8
+        character, or tool-call markup held back)."""
         if not self.parse_tools:
-            return (ChatDelta(content=out.text), None) if out.text or out.finish_reason or out.logprobs else None
+            return ChatDelta(content=out.text) if out.text or out.finish_reason or out.logprobs else None
         parser = self._parsers.setdefault(out.index, ToolCallParser())
         step = parser.feed(out.text)
         if out.finish_reason is not None:
@@ -98,15 +100,14 @@ class ChatAnswer:
             self._count_calls(parser)
         if step.empty() and out.finish_reason is None:
             return None
-        return ChatDelta(content=step.content or None, tool_calls=_call_deltas(parser, step)), parser
+        return ChatDelta(content=step.content or None, tool_calls=_call_deltas(parser, step))
 
     def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
-        made = self._delta(out)
-        if made is None and not out.logprobs:
-            return None  # e.g. a token that is half of a UTF-8 character, or markup held back
-        delta, parser = made if made is not None else (ChatDelta(), None)
-        finish = _finish_reason(out.finish_reason, parser)
-        choice = ChatChunkChoice(index=out.index, delta=delta, finish_reason=finish)
+        delta = self._delta(out)
+        if delta is None and not out.logprobs:
+            return None
+        finish = _finish_reason(out.finish_reason, self._parsers.get(out.index))
+        choice = ChatChunkChoice(index=out.index, delta=delta or ChatDelta(), finish_reason=finish)
         if self.req.logprobs and out.logprobs:
             choice.logprobs = _logprobs(self.ctx, out.logprobs)
         return self._chunk([choice])

@@ -42,15 +42,31 @@ _JSON_STRING_CHAR = '[^\\0-\\x1f\\"\\\\\\r\\n]'
 _CACHED_SCHEMA_CHARS = 65536
 
 
+class _BadSchema(ValueError):
+    """A schema that is not JSON Schema, or that the grammar backend cannot enforce."""
+
+
 def _convert(schema_json: str, any_whitespace: bool) -> str:
+    """Check the schema and convert it to EBNF (cached below, check included:
+    a resent schema costs a dictionary lookup)."""
+    schema = json.loads(schema_json)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise _BadSchema(f"not a valid JSON Schema: {exc.message}") from None
+    except Exception as exc:  # e.g. an unhashable "$schema": not a schema either
+        raise _BadSchema(f"not a valid JSON Schema ({type(exc).__name__})") from None
     # Imported on first use: xgrammar brings torch, ~200k more objects on the
     # gateway's heap, which a server without grammar traffic should not carry.
     import xgrammar
 
     separators = None if any_whitespace else (",", ":")
-    grammar = xgrammar.Grammar.from_json_schema(
-        schema_json, any_whitespace=any_whitespace, separators=separators, strict_mode=True
-    )
+    try:
+        grammar = xgrammar.Grammar.from_json_schema(
+            schema_json, any_whitespace=any_whitespace, separators=separators, strict_mode=True
+        )
+    except Exception as exc:  # xgrammar's own errors: unsupported keywords, bad $refs, ...
+        raise _BadSchema(f"this schema cannot be enforced: {exc}") from None
     return str(grammar).replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
 
 
@@ -62,18 +78,12 @@ def schema_grammar(schema: Any, param: str, any_whitespace: bool) -> str:
     not a JSON Schema the grammar backend can enforce."""
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{param}: a JSON Schema must be an object", param=param)
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise InvalidRequest(f"{param}: not a valid JSON Schema: {exc.message}", param=param) from None
-    except Exception as exc:  # e.g. an unhashable "$schema": not a schema either
-        raise InvalidRequest(f"{param}: not a valid JSON Schema ({type(exc).__name__})", param=param) from None
     text = json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
     convert = _convert_cached if len(text) <= _CACHED_SCHEMA_CHARS else _convert
     try:
         return convert(text, any_whitespace)
-    except Exception as exc:  # xgrammar's own errors: unsupported keywords, bad $refs, ...
-        raise InvalidRequest(f"{param}: this schema cannot be enforced: {exc}", param=param) from None
+    except _BadSchema as exc:
+        raise InvalidRequest(f"{param}: {exc}", param=param) from None
 
 
 def _tag(name: str, grammar: str) -> dict[str, Any]:
