@@ -127,7 +127,6 @@ TOOLS = [
              lambda r, s: {"status": "created"},
              "{title} is in your calendar on {day}."),
 ]  # fmt: skip
-BY_NAME = {t.name: t for t in TOOLS}
 
 
 def _listed(rng: random.Random, target: ToolSpec | None) -> list[ToolSpec]:
