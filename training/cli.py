@@ -22,8 +22,14 @@ from training.config import load_config
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="tiny, 1b, 7b, 70b, or a TOML config path (default: tiny)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set pretrain.max_steps=10")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set pretrain.max_steps=10",
+    )
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/PRESET)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from checkpoints")
 

@@ -76,6 +76,15 @@ def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The mean of a scalar tensor over ranks (the tensor itself on one process)."""
+    if not d.enabled:
+        return value
+    t = value.detach().to(torch.float64).clone()
+    dist.all_reduce(t)
+    return t / d.world_size
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -69,11 +69,20 @@ def run_pretrain(cfg: RecipeConfig, run: Path, d: Dist, resume: bool = True, sto
     heldout = PretrainBatches(PackedDataset(data_dir, "heldout"))
     model = build_model(cfg.model, tokenizer, cfg.pretrain.seed)
     out = run / "pretrain"
-    result = train_phase(name="pretrain", model=model, train_data=train, eval_data=heldout, cfg=cfg.pretrain,
-                         dist_cfg=cfg.distributed, d=d, out_dir=out, total_steps=cfg.pretrain.max_steps,
-                         resume=resume, stop_after=stop_after)  # fmt: skip
-    summary = {"phase": "pretrain", **_summary(result),
-               "data": json.loads((data_dir / "meta.json").read_text())["mix"]}  # fmt: skip
+    result = train_phase(
+        name="pretrain",
+        model=model,
+        train_data=train,
+        eval_data=heldout,
+        cfg=cfg.pretrain,
+        dist_cfg=cfg.distributed,
+        d=d,
+        out_dir=out,
+        total_steps=cfg.pretrain.max_steps,
+        resume=resume,
+        stop_after=stop_after,
+    )
+    summary = {"phase": "pretrain", **_summary(result), "data": json.loads((data_dir / "meta.json").read_text())["mix"]}
     if result.steps >= cfg.pretrain.max_steps:
         save_pretrained_final(model, tokenizer, out / "final", d)
     if d.is_main:
@@ -113,8 +122,9 @@ def prepare_sft(cfg: RecipeConfig, run: Path, tokenizer, d: Dist) -> Path:
     return sft_dir
 
 
-def run_sft(cfg: RecipeConfig, run: Path, d: Dist, init: Path | None = None, resume: bool = True,
-            stop_after: int | None = None) -> dict:  # fmt: skip
+def run_sft(
+    cfg: RecipeConfig, run: Path, d: Dist, init: Path | None = None, resume: bool = True, stop_after: int | None = None
+) -> dict:
     from transformers import AutoTokenizer
 
     init = init or run / "pretrain" / "final"
@@ -129,9 +139,19 @@ def run_sft(cfg: RecipeConfig, run: Path, d: Dist, init: Path | None = None, res
     total = phase.max_steps or math.ceil(phase.epochs * len(train) / global_batch)
     model = load_model(init)
     out = run / "sft"
-    result = train_phase(name="sft", model=model, train_data=train, eval_data=heldout, cfg=phase,
-                         dist_cfg=cfg.distributed, d=d, out_dir=out, total_steps=total, resume=resume,
-                         stop_after=stop_after)  # fmt: skip
+    result = train_phase(
+        name="sft",
+        model=model,
+        train_data=train,
+        eval_data=heldout,
+        cfg=phase,
+        dist_cfg=cfg.distributed,
+        d=d,
+        out_dir=out,
+        total_steps=total,
+        resume=resume,
+        stop_after=stop_after,
+    )
     summary = {"phase": "sft", **_summary(result), "examples": len(train), "heldout": len(heldout)}
     if result.steps >= total:
         save_pretrained_final(model, tokenizer, out / "final", d)

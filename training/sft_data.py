@@ -35,8 +35,9 @@ class SftExample:
     labels: list[int]  # IGNORE where no loss
 
 
-def conversation_segments(messages: Sequence[dict[str, Any]], tools: Sequence[dict] | None = None
-                          ) -> list[tuple[str, bool]]:  # fmt: skip
+def conversation_segments(
+    messages: Sequence[dict[str, Any]], tools: Sequence[dict] | None = None
+) -> list[tuple[str, bool]]:
     """(text, trained) pieces after `<s>`; joined, they are the template's
     rendering of the conversation (no generation prompt)."""
     functions = [t["function"] for t in tools or ()]
@@ -54,8 +55,9 @@ def conversation_segments(messages: Sequence[dict[str, Any]], tools: Sequence[di
             content = tool_result_header(m["tool_call_id"], m.get("name")) + content
         for call in m.get("tool_calls") or ():
             arguments = call["function"]["arguments"]
-            content += tool_call_text(call["function"]["name"], json.loads(arguments) if isinstance(arguments, str)
-                                      else arguments)  # fmt: skip
+            content += tool_call_text(
+                call["function"]["name"], json.loads(arguments) if isinstance(arguments, str) else arguments
+            )
         trained = role == "assistant"
         segments += [(f"{IM_START}{role}\n", False), (content, trained), (f"{IM_END}\n", trained)]
     return segments

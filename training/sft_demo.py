@@ -72,15 +72,12 @@ def _qa(item: ApiItem, rng: random.Random) -> tuple[str, str]:
     if choice == 0:
         return f"What does the {k} `{n}` in the `{m}` module do?", item.summary
     if choice == 1:
-        return (f"Show me the signature of `{m}.{n}`.",
-                f"```python\n{item.signature}\n```")  # fmt: skip
+        return (f"Show me the signature of `{m}.{n}`.", f"```python\n{item.signature}\n```")
     if choice == 2:
         return f"Which module defines `{n}`?", f"`{n}` is a {k} defined in the `{m}` module."
     if choice == 3:
-        return (f"Explain `{m}.{n}` briefly.",
-                f"`{n}` is a {k} in `{m}`. {item.summary}")  # fmt: skip
-    return (f"How do I import `{n}` from `{m}`?",
-            f"```python\nfrom {m} import {n}\n```")  # fmt: skip
+        return (f"Explain `{m}.{n}` briefly.", f"`{n}` is a {k} in `{m}`. {item.summary}")
+    return (f"How do I import `{n}` from `{m}`?", f"```python\nfrom {m} import {n}\n```")
 
 
 def demo_conversations(count: int, seed: int = 0) -> list[list[dict[str, str]]]:

@@ -24,24 +24,56 @@ from training.sft_demo import SYSTEM_PROMPT, ApiItem, _qa, iter_api_items
 
 Slots = dict[str, Any]
 
-CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Madrid", "Seoul", "Nairobi", "Dublin", "Perth",
-          "Quito", "Vienna", "Hanoi", "Boston", "Lagos", "Rome", "Delhi", "Austin", "Prague"]  # fmt: skip
+CITIES = [
+    "Paris",
+    "Tokyo",
+    "Lima",
+    "Oslo",
+    "Cairo",
+    "Denver",
+    "Madrid",
+    "Seoul",
+    "Nairobi",
+    "Dublin",
+    "Perth",
+    "Quito",
+    "Vienna",
+    "Hanoi",
+    "Boston",
+    "Lagos",
+    "Rome",
+    "Delhi",
+    "Austin",
+    "Prague",
+]
 ZONES = ["UTC", "CET", "PST", "JST", "EST", "IST"]
 CURRENCIES = ["USD", "EUR", "JPY", "GBP", "CHF", "INR", "CAD", "AUD"]
 PEOPLE = ["Ada", "Linus", "Grace", "Alan", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Guido"]
 SUBJECTS = ["the release", "lunch", "the budget", "the outage", "the demo", "the review", "the roadmap", "travel"]
-TOPICS = ["asyncio", "pathlib", "decorators", "generators", "dataclasses", "typing", "logging", "unittest",
-          "regular expressions", "context managers"]  # fmt: skip
+TOPICS = [
+    "asyncio",
+    "pathlib",
+    "decorators",
+    "generators",
+    "dataclasses",
+    "typing",
+    "logging",
+    "unittest",
+    "regular expressions",
+    "context managers",
+]
 SYMBOLS = ["ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE", "STARK", "HOOLI", "SOYL"]
 LANGUAGES = ["French", "German", "Spanish", "Italian", "Japanese", "Dutch"]
 PHRASES = ["good morning", "thank you", "see you soon", "where is the station", "how much is it", "happy birthday"]
 FILES = ["README.md", "setup.cfg", "notes.txt", "config.toml", "todo.md", "main.py", "Makefile", "data.csv"]
 EVENTS = ["dentist", "team sync", "yoga", "book club", "flight", "interview", "haircut", "code review"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-SMALL_TALK = [("Hello!", "Hello! How can I help you today?"),
-              ("Thanks, that is all.", "You are welcome."),
-              ("Who are you?", "I am Lemur, a helpful assistant."),
-              ("Good night!", "Good night!")]  # fmt: skip
+SMALL_TALK = [
+    ("Hello!", "Hello! How can I help you today?"),
+    ("Thanks, that is all.", "You are welcome."),
+    ("Who are you?", "I am Lemur, a helpful assistant."),
+    ("Good night!", "Good night!"),
+]
 
 
 def _string(enum: list[str] | None = None) -> dict[str, Any]:
@@ -71,62 +103,106 @@ def _pick(rng: random.Random, pool: list[Any], parity: int) -> Any:
 
 
 TOOLS = [
-    ToolSpec("get_weather", "Current weather in a city.", {"city": _string(), "unit": _string(["C", "F"])},
-             ("What is the weather in {city}?", "Is it raining in {city} right now?",
-              "How warm is it in {city}, in {unit}?", "Weather for {city}, please."),
-             lambda r, p: {"city": _pick(r, CITIES, p), "unit": r.choice(["C", "F"])},
-             lambda r, s: {"temp": r.randint(-5, 35), "sky": r.choice(["clear", "cloudy", "rainy"])},
-             "It is {temp} degrees {unit} and {sky} in {city}."),
-    ToolSpec("get_time", "Current time in a time zone.", {"zone": _string()},
-             ("What time is it in {zone}?", "Tell me the time in {zone}.", "Current {zone} time?"),
-             lambda r, p: {"zone": _pick(r, ZONES, p)},
-             lambda r, s: {"time": f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}"},
-             "It is {time} in {zone}."),
-    ToolSpec("convert_currency", "Convert money between currencies.",
-             {"amount": {"type": "number"}, "source": _string(), "target": _string()},
-             ("Convert {amount} {source} to {target}.", "How much is {amount} {source} in {target}?"),
-             lambda r, p: {"amount": r.choice([5, 12, 40, 99, 250, 1000][p::2]),
-                           "source": _pick(r, CURRENCIES, p), "target": _pick(r, CURRENCIES, 1 - p)},
-             lambda r, s: {"result": round(s["amount"] * r.uniform(0.5, 2.0), 2)},
-             "{amount} {source} is {result} {target}."),
-    ToolSpec("set_timer", "Start a countdown timer.", {"minutes": {"type": "integer"}},
-             ("Set a timer for {minutes} minutes.", "Remind me in {minutes} minutes.",
-              "Start a {minutes} minute timer."),
-             lambda r, p: {"minutes": r.choice(list(range(1 + p, 61, 2)))},
-             lambda r, s: {"status": "started"},
-             "Your {minutes} minute timer has started."),
-    ToolSpec("send_email", "Send a short email.", {"to": _string(), "subject": _string()},
-             ("Email {to} about {subject}.", "Send {to} a note about {subject}.", "Write to {to} regarding {subject}."),
-             lambda r, p: {"to": _pick(r, PEOPLE, p), "subject": _pick(r, SUBJECTS, p)},
-             lambda r, s: {"status": "sent"},
-             "Done: {to} has your email about {subject}."),
-    ToolSpec("search_docs", "Search the Python documentation.", {"query": _string()},
-             ("Search the docs for {query}.", "Find documentation about {query}.", "Look up {query} in the docs."),
-             lambda r, p: {"query": _pick(r, TOPICS, p)},
-             lambda r, s: {"title": f"{s['query'].capitalize()} HOWTO"},
-             "The best match is the page \"{title}\"."),
-    ToolSpec("get_stock_price", "Latest price of a stock.", {"symbol": _string()},
-             ("What is {symbol} trading at?", "Price of {symbol} stock?", "How is {symbol} doing today?"),
-             lambda r, p: {"symbol": _pick(r, SYMBOLS, p)},
-             lambda r, s: {"price": round(r.uniform(5, 500), 2)},
-             "{symbol} is at {price}."),
-    ToolSpec("translate", "Translate a phrase.", {"text": _string(), "language": _string()},
-             ("Translate \"{text}\" to {language}.", "How do you say \"{text}\" in {language}?"),
-             lambda r, p: {"text": _pick(r, PHRASES, p), "language": _pick(r, LANGUAGES, p)},
-             lambda r, s: {"translation": f"[{s['language'][:2].lower()}] {s['text']}"},
-             "In {language}: {translation}"),
-    ToolSpec("read_file", "Read a text file.", {"path": _string()},
-             ("Show me {path}.", "What is in {path}?", "Open the file {path}."),
-             lambda r, p: {"path": _pick(r, FILES, p)},
-             lambda r, s: {"content": r.choice(["TODO: tests", "name = demo", "x,y\n1,2", "# Notes"])},
-             "{path} contains: {content}"),
-    ToolSpec("create_event", "Add an event to the calendar.", {"title": _string(), "day": _string()},
-             ("Add {title} on {day} to my calendar.", "Schedule {title} for {day}.",
-              "Put {title} in my calendar on {day}."),
-             lambda r, p: {"title": _pick(r, EVENTS, p), "day": r.choice(DAYS)},
-             lambda r, s: {"status": "created"},
-             "{title} is in your calendar on {day}."),
-]  # fmt: skip
+    ToolSpec(
+        "get_weather",
+        "Current weather in a city.",
+        {"city": _string(), "unit": _string(["C", "F"])},
+        (
+            "What is the weather in {city}?",
+            "Is it raining in {city} right now?",
+            "How warm is it in {city}, in {unit}?",
+            "Weather for {city}, please.",
+        ),
+        lambda r, p: {"city": _pick(r, CITIES, p), "unit": r.choice(["C", "F"])},
+        lambda r, s: {"temp": r.randint(-5, 35), "sky": r.choice(["clear", "cloudy", "rainy"])},
+        "It is {temp} degrees {unit} and {sky} in {city}.",
+    ),
+    ToolSpec(
+        "get_time",
+        "Current time in a time zone.",
+        {"zone": _string()},
+        ("What time is it in {zone}?", "Tell me the time in {zone}.", "Current {zone} time?"),
+        lambda r, p: {"zone": _pick(r, ZONES, p)},
+        lambda r, s: {"time": f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}"},
+        "It is {time} in {zone}.",
+    ),
+    ToolSpec(
+        "convert_currency",
+        "Convert money between currencies.",
+        {"amount": {"type": "number"}, "source": _string(), "target": _string()},
+        ("Convert {amount} {source} to {target}.", "How much is {amount} {source} in {target}?"),
+        lambda r, p: {
+            "amount": r.choice([5, 12, 40, 99, 250, 1000][p::2]),
+            "source": _pick(r, CURRENCIES, p),
+            "target": _pick(r, CURRENCIES, 1 - p),
+        },
+        lambda r, s: {"result": round(s["amount"] * r.uniform(0.5, 2.0), 2)},
+        "{amount} {source} is {result} {target}.",
+    ),
+    ToolSpec(
+        "set_timer",
+        "Start a countdown timer.",
+        {"minutes": {"type": "integer"}},
+        ("Set a timer for {minutes} minutes.", "Remind me in {minutes} minutes.", "Start a {minutes} minute timer."),
+        lambda r, p: {"minutes": r.choice(list(range(1 + p, 61, 2)))},
+        lambda r, s: {"status": "started"},
+        "Your {minutes} minute timer has started.",
+    ),
+    ToolSpec(
+        "send_email",
+        "Send a short email.",
+        {"to": _string(), "subject": _string()},
+        ("Email {to} about {subject}.", "Send {to} a note about {subject}.", "Write to {to} regarding {subject}."),
+        lambda r, p: {"to": _pick(r, PEOPLE, p), "subject": _pick(r, SUBJECTS, p)},
+        lambda r, s: {"status": "sent"},
+        "Done: {to} has your email about {subject}.",
+    ),
+    ToolSpec(
+        "search_docs",
+        "Search the Python documentation.",
+        {"query": _string()},
+        ("Search the docs for {query}.", "Find documentation about {query}.", "Look up {query} in the docs."),
+        lambda r, p: {"query": _pick(r, TOPICS, p)},
+        lambda r, s: {"title": f"{s['query'].capitalize()} HOWTO"},
+        'The best match is the page "{title}".',
+    ),
+    ToolSpec(
+        "get_stock_price",
+        "Latest price of a stock.",
+        {"symbol": _string()},
+        ("What is {symbol} trading at?", "Price of {symbol} stock?", "How is {symbol} doing today?"),
+        lambda r, p: {"symbol": _pick(r, SYMBOLS, p)},
+        lambda r, s: {"price": round(r.uniform(5, 500), 2)},
+        "{symbol} is at {price}.",
+    ),
+    ToolSpec(
+        "translate",
+        "Translate a phrase.",
+        {"text": _string(), "language": _string()},
+        ('Translate "{text}" to {language}.', 'How do you say "{text}" in {language}?'),
+        lambda r, p: {"text": _pick(r, PHRASES, p), "language": _pick(r, LANGUAGES, p)},
+        lambda r, s: {"translation": f"[{s['language'][:2].lower()}] {s['text']}"},
+        "In {language}: {translation}",
+    ),
+    ToolSpec(
+        "read_file",
+        "Read a text file.",
+        {"path": _string()},
+        ("Show me {path}.", "What is in {path}?", "Open the file {path}."),
+        lambda r, p: {"path": _pick(r, FILES, p)},
+        lambda r, s: {"content": r.choice(["TODO: tests", "name = demo", "x,y\n1,2", "# Notes"])},
+        "{path} contains: {content}",
+    ),
+    ToolSpec(
+        "create_event",
+        "Add an event to the calendar.",
+        {"title": _string(), "day": _string()},
+        ("Add {title} on {day} to my calendar.", "Schedule {title} for {day}.", "Put {title} in my calendar on {day}."),
+        lambda r, p: {"title": _pick(r, EVENTS, p), "day": r.choice(DAYS)},
+        lambda r, s: {"status": "created"},
+        "{title} is in your calendar on {day}.",
+    ),
+]
 
 
 def _listed(rng: random.Random, target: ToolSpec | None) -> list[ToolSpec]:
@@ -185,7 +261,7 @@ def tool_conversations(count: int, seed: int = 0, split: str = "train") -> list[
                 {"role": "assistant", "content": "", "tool_calls": [call]},
                 {"role": "tool", "tool_call_id": call_id, "name": target.name, "content": json.dumps(result)},
                 {"role": "assistant", "content": target.answer.format(**slots, **result)},
-            ]  # fmt: skip
+            ]
         convs.append({"messages": messages, "tools": _tools(listed)})
     return convs
 

@@ -1,4 +1,4 @@
-"""The training loop shared by pretraining and SFT.
+"""The training loop shared by pretraining, SFT and LoRA SFT.
 
 AdamW; warm-up then cosine (pretrain) or linear (SFT) decay; gradient
 accumulation and clipping; bf16 autocast on GPU; optional gradient
@@ -6,6 +6,16 @@ checkpointing; periodic held-out loss and perplexity; atomic checkpoints that
 hold model, optimiser, scheduler, data position and RNG, so that a resumed run
 continues exactly where it stopped. Under torchrun each rank takes its slice
 of every global batch (DDP or FSDP, see distributed.py).
+
+One optimizer step is `accumulate` (forward and backward over the rank's
+micro-batches) then `optimizer_step`; `train_phase` only schedules them with
+evaluation, checkpoints and logging. The loss and gradient norm stay on the
+device between log lines: a `float()` of a CUDA tensor waits for the GPU, so
+the host reads them (and ranks all-reduce them) only when a line is written,
+as nanoGPT does.
+
+A model with frozen parameters (a LoRA adapter on a base) checkpoints only its
+trainable tensors: the frozen base is the run's input, not its state.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import torch
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import DistributedConfig, PhaseConfig
 from training.data import iter_index_batches
-from training.distributed import Dist, all_reduce_sum, barrier, unwrap, wrap_model
+from training.distributed import Dist, all_reduce_mean, all_reduce_sum, barrier, unwrap, wrap_model
 
 
 class BatchSource(Protocol):
@@ -46,6 +56,15 @@ class PhaseResult:
     tokens: int
     seconds: float
     out_dir: Path
+
+
+@dataclass
+class Position:
+    """Where a phase stands; saved in each checkpoint."""
+
+    step: int = 0
+    tokens: int = 0  # tokens seen (padding included), all ranks
+    initial_eval: float | None = None
 
 
 def lr_lambda(cfg: PhaseConfig, total_steps: int) -> Callable[[int], float]:
@@ -91,39 +110,80 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
 
 
-class _Metrics:
-    """metrics.jsonl (main rank only)."""
-
-    def __init__(self, path: Path, enabled: bool, append: bool) -> None:
-        self.enabled = enabled
-        self.path = path
-        if enabled and not append:
-            path.write_text("")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+def _frozen_names(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in unwrap(model).named_parameters() if not p.requires_grad}
 
 
 def _state_dicts(model: torch.nn.Module, opt: torch.optim.Optimizer, d: Dist) -> tuple[dict, dict]:
-    """Full (unsharded) model and optimiser state on CPU; collective under FSDP."""
+    """Trainable model state and optimiser state, full (unsharded) on CPU;
+    collective under FSDP."""
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-        return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return unwrap(model).state_dict(), opt.state_dict()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state, opt_state = get_state_dict(model, opt, options=options)
+    else:
+        model_state, opt_state = unwrap(model).state_dict(), opt.state_dict()
+    frozen = _frozen_names(model)
+    return {k: v for k, v in model_state.items() if k not in frozen}, opt_state
 
 
 def _load_state_dicts(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict, d: Dist) -> None:
+    frozen = _frozen_names(model)
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))  # fmt: skip
+        options = StateDictOptions(full_state_dict=True, strict=not frozen)
+        set_state_dict(
+            model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=options
+        )
         return
-    unwrap(model).load_state_dict(state["model"])
+    missing, unexpected = unwrap(model).load_state_dict(state["model"], strict=False)
+    if unexpected or set(missing) - frozen:
+        raise RuntimeError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     opt.load_state_dict(state["optimizer"])
+
+
+class _Log:
+    """metrics.jsonl and the progress bar (main rank only); tokens/s over the
+    window since the last line."""
+
+    def __init__(self, path: Path, name: str, d: Dist, append: bool, total: int, start: int) -> None:
+        self.path, self.name, self.main = path, name, d.is_main
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        self.bar = None
+        if self.main:
+            if not append:
+                path.write_text("")
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"phase": self.name, **row}) + "\n")
+
+    def train(self, step: int, loss: float, grad_norm: float, lr: float, tokens: int) -> None:
+        tps = self.window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
+        self.write(
+            {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tps}
+        )
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+
+    def eval(self, step: int, loss: float) -> None:
+        self.write({"step": step, "eval_loss": loss, "eval_ppl": math.exp(min(loss, 50))})
+
+    def advance(self, tokens: int) -> None:
+        self.window_tokens += tokens
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @torch.no_grad()
@@ -133,20 +193,97 @@ def evaluate(model: torch.nn.Module, data: BatchSource, cfg: PhaseConfig, d: Dis
     model.eval()
     n = min(len(data), cfg.eval_batches * cfg.micro_batch_size)
     mine = list(range(d.rank, n, d.world_size))
-    loss_sum, count = 0.0, 0.0
-    for start in range(0, max(len(mine), 1), cfg.micro_batch_size):
-        chunk = mine[start : start + cfg.micro_batch_size]
-        if not chunk:
-            break
-        batch = _to_device(data.batch(chunk), d.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+    count = torch.zeros((), dtype=torch.float64, device=d.device)
+    for start in range(0, len(mine), cfg.micro_batch_size):
+        batch = _to_device(data.batch(mine[start : start + cfg.micro_batch_size]), d.device)
         with _autocast(cfg, d.device):
             out = model(**batch)
-        tokens = float((batch["labels"][:, 1:] != -100).sum())
-        loss_sum += float(out.loss) * tokens
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        loss_sum += out.loss.double() * tokens
         count += tokens
     model.train()
-    loss_sum, count = all_reduce_sum([loss_sum, count], d)
-    return loss_sum / max(count, 1.0)
+    loss_total, count_total = all_reduce_sum([float(loss_sum), float(count)], d)
+    return loss_total / max(count_total, 1.0)
+
+
+def accumulate(
+    model: torch.nn.Module, data: BatchSource, rows: list[int], cfg: PhaseConfig, d: Dist
+) -> tuple[torch.Tensor, int]:
+    """Forward and backward over this rank's `rows` in grad_accum micro-batches.
+    Returns the mean loss (a detached device tensor: no host sync) and the
+    number of token positions (padding included) it read."""
+    loss_sum = torch.zeros((), device=d.device)
+    tokens = 0
+    for micro in range(cfg.grad_accum):
+        chunk = rows[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
+        batch = _to_device(data.batch(chunk), d.device)
+        # Only the last micro-batch all-reduces gradients under DDP. One `with`
+        # for forward and backward: no_sync() is a generator-based context
+        # manager and cannot be entered twice.
+        last = micro == cfg.grad_accum - 1
+        with model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext():
+            with _autocast(cfg, d.device):
+                loss = model(**batch).loss / cfg.grad_accum
+            loss.backward()
+        loss_sum += loss.detach().float()
+        tokens += batch["input_ids"].numel()
+    return loss_sum, tokens
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, cfg: PhaseConfig) -> torch.Tensor:
+    """Clip, step, schedule, zero; returns the gradient norm before clipping (a device tensor)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return grad_norm.detach()
+
+
+def _restore(ckpt_dir: Path, model: torch.nn.Module, opt, sched, d: Dist) -> Position | None:
+    found = latest_checkpoint(ckpt_dir)
+    if found is None:
+        return None
+    state = load_checkpoint(found)
+    _load_state_dicts(model, opt, state, d)
+    sched.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return Position(state["step"], state["tokens"], state.get("initial_eval_loss"))
+
+
+def _checkpoint(ckpt_dir: Path, model: torch.nn.Module, opt, sched, pos: Position, cfg: PhaseConfig, d: Dist) -> None:
+    model_state, opt_state = _state_dicts(model, opt, d)  # collective under FSDP: every rank
+    if d.is_main:
+        state = {
+            "step": pos.step,
+            "tokens": pos.tokens,
+            "model": model_state,
+            "optimizer": opt_state,
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(),
+            "initial_eval_loss": pos.initial_eval,
+        }
+        save_checkpoint(ckpt_dir, pos.step, state, cfg.keep_checkpoints)
+    barrier(d)
+
+
+@dataclass(frozen=True)
+class _Due:
+    """Which periodic jobs run after a step."""
+
+    cfg: PhaseConfig
+    total: int
+    stop_after: int | None
+    has_eval: bool
+
+    def log(self, step: int) -> bool:
+        return step % self.cfg.log_every == 0 or step == self.total
+
+    def eval(self, step: int) -> bool:
+        return self.has_eval and (step % self.cfg.eval_every == 0 or step == self.total)
+
+    def save(self, step: int) -> bool:
+        return step % self.cfg.save_every == 0 or step == self.total or step == self.stop_after
 
 
 def train_phase(
@@ -172,93 +309,47 @@ def train_phase(
     wrapped = wrap_model(model, dist_cfg, d)
     opt = _optimizer(wrapped, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))
-    global_batch = cfg.micro_batch_size * cfg.grad_accum * d.world_size
-    per_rank = cfg.micro_batch_size * cfg.grad_accum
-
     ckpt_dir = out_dir / "checkpoints"
-    start_step, tokens_seen, initial_eval = 0, 0, None
-    found = latest_checkpoint(ckpt_dir) if resume else None
-    if found is not None:
-        state = load_checkpoint(found)
-        _load_state_dicts(wrapped, opt, state, d)
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start_step, tokens_seen, initial_eval = state["step"], state["tokens"], state.get("initial_eval_loss")
-    else:
+    pos = _restore(ckpt_dir, wrapped, opt, sched, d) if resume else None
+    restored = pos is not None
+    if pos is None:
+        pos = Position()
         torch.manual_seed(cfg.seed)
-    metrics = _Metrics(out_dir / "metrics.jsonl", d.is_main, append=found is not None)
-    if eval_data is not None and initial_eval is None and len(eval_data):
-        initial_eval = evaluate(wrapped, eval_data, cfg, d)
-        metrics.write(
-            {"phase": name, "step": 0, "eval_loss": initial_eval, "eval_ppl": math.exp(min(initial_eval, 50))}
-        )
+    log = _Log(out_dir / "metrics.jsonl", name, d, append=restored, total=total_steps, start=pos.step)
+    due = _Due(cfg, total_steps, stop_after, has_eval=eval_data is not None and len(eval_data) > 0)
+    if due.has_eval and pos.initial_eval is None:
+        pos.initial_eval = evaluate(wrapped, eval_data, cfg, d)
+        log.eval(0, pos.initial_eval)
 
-    progress = None
-    if d.is_main:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total_steps, initial=start_step, desc=name, unit="step", dynamic_ncols=True)
-    batches = iter_index_batches(len(train_data), global_batch, cfg.seed, start_step)
+    per_rank = cfg.micro_batch_size * cfg.grad_accum
+    batches = iter_index_batches(len(train_data), per_rank * d.world_size, cfg.seed, pos.step)
     t0, last_loss, last_eval = time.perf_counter(), float("nan"), None
-    window_tokens, window_t = 0, time.perf_counter()
-    step = start_step
-    while step < total_steps:
-        _, indices = next(batches)  # the generator counts steps in lockstep with `step`
-        mine = indices[d.rank * per_rank : (d.rank + 1) * per_rank]
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            rows = mine[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
-            batch = _to_device(train_data.batch(rows), d.device)
-            # Only the last micro-batch all-reduces gradients under DDP. One
-            # `with` for forward and backward: no_sync() is a generator-based
-            # context manager and cannot be entered twice.
-            sync = micro == cfg.grad_accum - 1 or not hasattr(wrapped, "no_sync")
-            with wrapped.no_sync() if not sync else nullcontext():
-                with _autocast(cfg, d.device):
-                    loss = wrapped(**batch).loss / cfg.grad_accum
-                loss.backward()
-            loss_sum += float(loss.detach())
-            window_tokens += int(batch["input_ids"].numel()) * d.world_size
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip))
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += global_batch * int(batch["input_ids"].shape[1])
-        last_loss = all_reduce_sum([loss_sum], d)[0] / d.world_size
-
-        if step % cfg.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_t
-            tps = window_tokens / max(elapsed, 1e-9)
-            metrics.write({"phase": name, "step": step, "loss": last_loss, "lr": sched.get_last_lr()[0],
-                           "grad_norm": grad_norm, "tokens": tokens_seen, "tokens_per_s": tps})  # fmt: skip
-            window_tokens, window_t = 0, time.perf_counter()
-            if progress is not None:
-                progress.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:,.0f}")
-        if progress is not None:
-            progress.update(1)
-        if eval_data is not None and len(eval_data) and (step % cfg.eval_every == 0 or step == total_steps):
+    while pos.step < total_steps:
+        _, indices = next(batches)  # the generator counts steps in lockstep with pos.step
+        loss, tokens = accumulate(wrapped, train_data, indices[d.rank * per_rank : (d.rank + 1) * per_rank], cfg, d)
+        grad_norm = optimizer_step(wrapped, opt, sched, cfg)
+        pos.step += 1
+        pos.tokens += tokens * d.world_size
+        log.advance(tokens * d.world_size)
+        if due.log(pos.step) or pos.step == stop_after:
+            last_loss = float(all_reduce_mean(loss, d))  # the host waits for the device here only
+            if due.log(pos.step):
+                log.train(pos.step, last_loss, float(grad_norm), sched.get_last_lr()[0], pos.tokens)
+        if due.eval(pos.step):
             last_eval = evaluate(wrapped, eval_data, cfg, d)
-            metrics.write(
-                {"phase": name, "step": step, "eval_loss": last_eval, "eval_ppl": math.exp(min(last_eval, 50))}
-            )
-        if step % cfg.save_every == 0 or step == total_steps or step == stop_after:
-            model_state, opt_state = _state_dicts(wrapped, opt, d)
-            if d.is_main:
-                state = {"step": step, "tokens": tokens_seen, "model": model_state, "optimizer": opt_state,
-                         "scheduler": sched.state_dict(), "rng": _rng_state(), "initial_eval_loss": initial_eval,
-                         "loss": last_loss}  # fmt: skip
-                save_checkpoint(ckpt_dir, step, state, cfg.keep_checkpoints)
-            barrier(d)
-        if stop_after is not None and step >= stop_after:
+            log.eval(pos.step, last_eval)
+        if due.save(pos.step):
+            _checkpoint(ckpt_dir, wrapped, opt, sched, pos, cfg, d)
+        if stop_after is not None and pos.step >= stop_after:
             break
-    if progress is not None:
-        progress.close()
-    return PhaseResult(step, last_loss, initial_eval, last_eval, tokens_seen, time.perf_counter() - t0, out_dir)
+    log.close()
+    return PhaseResult(pos.step, last_loss, pos.initial_eval, last_eval, pos.tokens, time.perf_counter() - t0, out_dir)
 
 
 def save_pretrained_final(model: torch.nn.Module, tokenizer, path: Path, d: Dist) -> None:
-    """Write the trained weights as a Hugging Face directory (collective under FSDP)."""
+    """Write the trained weights as a Hugging Face directory (collective under
+    FSDP). A PEFT model writes its adapter (adapter_config.json and
+    adapter_model.safetensors) and no tokenizer: the base's is the adapter's."""
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -267,6 +358,8 @@ def save_pretrained_final(model: torch.nn.Module, tokenizer, path: Path, d: Dist
         state = unwrap(model).state_dict()
     if d.is_main:
         path.mkdir(parents=True, exist_ok=True)
-        unwrap(model).save_pretrained(str(path), state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(str(path))
+        inner = unwrap(model)
+        inner.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+        if not hasattr(inner, "peft_config"):
+            tokenizer.save_pretrained(str(path))
     barrier(d)
