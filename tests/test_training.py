@@ -227,3 +227,100 @@ def test_gradient_checkpointing_gives_the_same_losses(micro_run, tmp_path: Path)
     assert sorted(a) == sorted(b) == [1, 2]
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-5
+
+
+LORA = [
+    "lora.enabled=true",
+    "lora.rank=4",
+    "lora.alpha=8.0",
+    "data.sft_task='house-style'",
+    "sft.lr=1e-2",
+    "sft.max_steps=40",
+    "sft.eval_every=20",
+    "sft.save_every=20",
+    "sft.warmup_steps=4",
+]
+
+
+def _lora_state(path: Path) -> dict[str, torch.Tensor]:
+    from training.checkpoint import latest_checkpoint, load_checkpoint
+
+    found = latest_checkpoint(path / "sft" / "checkpoints")
+    assert found is not None
+    return load_checkpoint(found)["model"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(micro_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    from training.recipe import run_sft
+
+    _, export, _ = micro_run
+    run = tmp_path_factory.mktemp("lora") / "run"
+    summary = run_sft(load_config(MICRO, LORA), run, SINGLE, init=export)
+    return run, export, summary
+
+
+def test_lora_sft_learns_the_house_style_and_checkpoints_only_the_adapter(lora_run) -> None:
+    run, export, summary = lora_run
+    assert summary["final_eval_loss"] < summary["initial_eval_loss"] - 0.1, summary
+    assert summary["lora"]["base"] == str(export.resolve())
+    final = run / "sft" / "final"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in final.iterdir()}
+    config = json.loads((final / "adapter_config.json").read_text())
+    assert (
+        config["r"] == 4 and config["lora_alpha"] == 8.0 and config["base_model_name_or_path"] == str(export.resolve())
+    )
+    state = _lora_state(run)
+    assert state and all(".lora_A." in k or ".lora_B." in k for k in state), list(state)[:5]
+
+
+def test_exported_adapter_reloads_in_peft_bit_exactly(lora_run) -> None:
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    run, export, _ = lora_run
+    trained = _lora_state(run)  # the last checkpoint is the final step
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(export), run / "sft" / "final")
+    loaded = model.state_dict()
+    for name, tensor in trained.items():
+        assert torch.equal(loaded[name], tensor), name
+    assert any(t.abs().sum() > 0 for k, t in trained.items() if ".lora_B." in k)  # B moved off its zero init
+
+
+def test_merged_adapter_equals_the_peft_model(lora_run, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    from training.cli import main as train_main
+
+    run, export, _ = lora_run
+    adapter = run / "sft" / "final"
+    assert train_main(["export", "--from", str(adapter), "--merge", "--to", str(tmp_path / "merged")]) == 0
+    merged = LlamaForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    peft_model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(export), adapter).eval()
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60, 70]])
+    with torch.no_grad():
+        a, b, base = merged(ids).logits, peft_model(ids).logits, peft_model.get_base_model()
+        with peft_model.disable_adapter():
+            plain = base(ids).logits
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert (a - plain).abs().max() > 1e-2  # the adapter is in the merged weights
+    gen = json.loads((tmp_path / "merged" / "generation_config.json").read_text())
+    assert len(gen["eos_token_id"]) == 2  # exported like any Lemur-chat checkpoint
+
+
+def test_lora_resume_is_exact(micro_run, tmp_path: Path) -> None:
+    from training.recipe import run_sft
+
+    _, export, _ = micro_run
+    cfg = load_config(MICRO, LORA)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_sft(cfg, whole, SINGLE, init=export)
+    stopped = run_sft(cfg, split, SINGLE, init=export, stop_after=13)
+    assert stopped["steps"] == 13 and not (split / "sft" / "final").exists()
+    run_sft(cfg, split, SINGLE, init=export)
+    a = metric_rows(whole / "sft" / "metrics.jsonl", "loss")
+    b = metric_rows(split / "sft" / "metrics.jsonl", "loss")
+    assert sorted(a) == sorted(b) == list(range(1, 41))
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])

@@ -1,7 +1,7 @@
 """Recipe configuration: frozen dataclasses loaded from TOML presets.
 
 A preset file (training/presets/NAME.toml, or any path) has the sections
-[model], [data], [pretrain], [sft] and [distributed]; `--set section.key=value`
+[model], [data], [pretrain], [sft], [distributed] and [lora]; `--set section.key=value`
 overrides single values from the command line (tests use it for micro runs).
 """
 
@@ -58,6 +58,9 @@ class DataConfig:
     sft_tool_conversations: int = 0
     sft_max_seq_len: int = 512
     sft_heldout: int = 100
+    # The generated SFT set when sft_paths is empty: "chat" (the demo chat and
+    # tool conversations) or "house-style" (the LoRA demo task, training/sft_style.py).
+    sft_task: str = "chat"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,18 @@ class PhaseConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """SFT as a LoRA adapter (peft) on a frozen base, instead of all weights."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Every linear layer of a Llama block; vLLM serves adapters on any of them.
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
 class DistributedConfig:
     # "ddp" or "fsdp" (fully_shard per decoder layer), under torchrun.
     strategy: str = "ddp"
@@ -102,6 +117,7 @@ class RecipeConfig:
     pretrain: PhaseConfig = field(default_factory=PhaseConfig)
     sft: PhaseConfig = field(default_factory=lambda: PhaseConfig(lr=5e-5, schedule="linear", max_steps=0, epochs=3))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -110,6 +126,7 @@ _SECTIONS: dict[str, type] = {
     "pretrain": PhaseConfig,
     "sft": PhaseConfig,
     "distributed": DistributedConfig,
+    "lora": LoraConfig,
 }
 
 

@@ -53,7 +53,8 @@ def wrap_model(model: torch.nn.Module, cfg: DistributedConfig, d: Dist) -> torch
     if cfg.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.model.layers:
+        # The decoder layers, found by class so that a PEFT-wrapped model shards the same way.
+        for layer in [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]:
             fully_shard(layer, reshard_after_forward=cfg.reshard_after_forward)
         fully_shard(model, reshard_after_forward=cfg.reshard_after_forward)
         return model

@@ -9,6 +9,7 @@ interrupted resumes from its latest checkpoint.
     RUN/data/pretrain/          packed, memory-mapped shards + meta.json
     RUN/data/sft/               tokenised conversations with loss masks, heldout.jsonl
     RUN/pretrain/, RUN/sft/     metrics.jsonl, loss_curve.png, checkpoints/, final/
+                                (with [lora] enabled, RUN/sft/final is a PEFT adapter)
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from training.config import RecipeConfig
+from training.config import DataConfig, RecipeConfig
 from training.corpus import iter_documents
 from training.data import PackedDataset, build_pretrain_data
 from training.distributed import Dist, barrier, init_distributed
+from training.lora import attach_lora
 from training.modeling import build_model, build_tokenizer, load_model
 from training.plots import plot_loss_curve
 from training.sft_data import SftDataset, read_conversations, tokenize_conversation, write_sft_split
 from training.sft_demo import demo_conversations
+from training.sft_style import house_style_conversations
 from training.sft_tools import tool_conversations
 from training.trainer import PhaseResult, save_pretrained_final, train_phase
 
@@ -95,18 +98,23 @@ def run_pretrain(cfg: RecipeConfig, run: Path, d: Dist, resume: bool = True, sto
     return summary
 
 
+def generated_sft_set(data: DataConfig) -> list[dict]:
+    """The built-in SFT conversations of `data.sft_task`."""
+    if data.sft_task == "chat":
+        n = data.sft_demo_conversations + data.sft_heldout
+        convs = [{"messages": m, "tools": None} for m in demo_conversations(n, seed=data.seed)]
+        return convs + tool_conversations(data.sft_tool_conversations, seed=data.seed, split="train")
+    if data.sft_task == "house-style":
+        n = data.sft_demo_conversations + data.sft_heldout
+        return [{"messages": m, "tools": None} for m in house_style_conversations(n, seed=data.seed)]
+    raise ValueError(f"unknown data.sft_task {data.sft_task!r} (chat or house-style)")
+
+
 def prepare_sft(cfg: RecipeConfig, run: Path, tokenizer, d: Dist) -> Path:
     sft_dir = run / "data" / "sft"
     if d.is_main and not (sft_dir / "train-offsets.npy").exists():
         data = cfg.data
-        if data.sft_paths:
-            convs = read_conversations(data.sft_paths)
-        else:
-            convs = [
-                {"messages": m, "tools": None}
-                for m in demo_conversations(data.sft_demo_conversations + data.sft_heldout, seed=data.seed)
-            ]
-            convs += tool_conversations(data.sft_tool_conversations, seed=data.seed, split="train")
+        convs = read_conversations(data.sft_paths) if data.sft_paths else generated_sft_set(data)
         random.Random(data.seed).shuffle(convs)
         n_held = min(data.sft_heldout, len(convs) // 10)
         held, train = convs[:n_held], convs[n_held:]
@@ -122,9 +130,22 @@ def prepare_sft(cfg: RecipeConfig, run: Path, tokenizer, d: Dist) -> Path:
     return sft_dir
 
 
+def _sft_model(cfg: RecipeConfig, init: Path):
+    """The base to fine-tune: all of it, or frozen under a fresh LoRA adapter."""
+    import torch
+
+    model = load_model(init)
+    if not cfg.lora.enabled:
+        return model
+    torch.manual_seed(cfg.sft.seed)  # the adapter's A init
+    return attach_lora(model, cfg.lora, init, cfg.sft.gradient_checkpointing)
+
+
 def run_sft(
     cfg: RecipeConfig, run: Path, d: Dist, init: Path | None = None, resume: bool = True, stop_after: int | None = None
 ) -> dict:
+    """Full SFT, or with [lora] enabled an adapter: RUN/sft/final is then a
+    PEFT adapter directory for the base `init`."""
     from transformers import AutoTokenizer
 
     init = init or run / "pretrain" / "final"
@@ -137,7 +158,7 @@ def run_sft(
     phase = cfg.sft
     global_batch = phase.micro_batch_size * phase.grad_accum * d.world_size
     total = phase.max_steps or math.ceil(phase.epochs * len(train) / global_batch)
-    model = load_model(init)
+    model = _sft_model(cfg, init)
     out = run / "sft"
     result = train_phase(
         name="sft",
@@ -153,10 +174,13 @@ def run_sft(
         stop_after=stop_after,
     )
     summary = {"phase": "sft", **_summary(result), "examples": len(train), "heldout": len(heldout)}
+    if cfg.lora.enabled:
+        summary["lora"] = {**asdict(cfg.lora), "base": str(init.resolve()), "task": cfg.data.sft_task}
     if result.steps >= total:
         save_pretrained_final(model, tokenizer, out / "final", d)
     if d.is_main:
-        plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", f"{cfg.name}: ChatML SFT (assistant-only loss)")
+        kind = f"LoRA r={cfg.lora.rank}" if cfg.lora.enabled else "ChatML SFT"
+        plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png", f"{cfg.name}: {kind} (assistant-only loss)")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
