@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from server import __version__
+from server.adapters import AdapterRegistry
 from server.admission import AdmissionConfig, AdmissionController
 from server.auth import KeyStore
 from server.chat_template import ChatTemplate, select_template
@@ -24,6 +25,7 @@ from server.metrics import Metrics
 from server.middleware import Authenticate, BodySizeLimit, RequestMiddleware
 from server.ratelimit import RateLimiter
 from server.routes import ClientDisconnected, api, probes
+from server.serving.adapters import AdapterService
 from server.serving.chat import ChatService
 from server.serving.completions import CompletionService
 from server.serving.context import Account, ServingContext, new_request_id
@@ -64,7 +66,10 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     metrics = Metrics(names[0])
     metrics.watch_queue(lambda: admission.waiting)
     pool = PreparePool(PREPARE_WORKERS, config.max_queued_requests, engine.info.max_model_len)
-    return ServingContext(config, engine, tokenizer, template, metrics, admission, keys, limiter, pool)
+    adapters = AdapterRegistry(names, info.shapes, info.lora)
+    if info.lora is not None:
+        logger.info("LoRA adapters: up to %d per batch, rank up to %d", info.lora.max_loras, info.lora.max_rank)
+    return ServingContext(config, engine, tokenizer, template, metrics, admission, keys, limiter, pool, adapters)
 
 
 def create_app(
@@ -87,6 +92,13 @@ def create_app(
         app.state.ctx = ctx
         app.state.chat = ChatService(ctx)
         app.state.completions = CompletionService(ctx)
+        app.state.adapters = AdapterService(ctx)
+        try:
+            await app.state.adapters.load_configured()
+        except BaseException:
+            ctx.pool.shutdown()
+            await engine.shutdown()
+            raise
         # Everything loaded so far (vLLM, torch, tokenizer: hundreds of thousands
         # of objects) lives as long as the process: out of the collector's way,
         # so that full collections, which requests trigger, do not scan it.

@@ -26,6 +26,9 @@ from server.cpu import cpu_model, request_amx_permission
 from server.logs import setup_logging
 
 DEFAULT_MODEL_NAME = "lemur-tiny-chat"
+LORA_ADMIN_KEY_ENV = "LEMUR_LORA_ADMIN_KEY"
+# Adapters that may share a batch when --max-loras is not given (vLLM's own default is 1).
+DEFAULT_MAX_LORAS = 4
 
 
 def lemur_cache() -> Path:
@@ -158,6 +161,20 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="open connections at once; beyond: 503 (default %(default)s)",
     )
     g.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="LoRA adapters (PEFT directories) to serve beside the base, chosen by a request's `model`; "
+        "implies --enable-lora",
+    )
+    g.add_argument(
+        "--lora-admin-key",
+        default=os.environ.get(LORA_ADMIN_KEY_ENV),
+        help="turn on POST /v1/load_lora_adapter and /v1/unload_lora_adapter, guarded by this key (no user "
+        f"key works there); implies --enable-lora. Default: env {LORA_ADMIN_KEY_ENV}; off when unset",
+    )
+    g.add_argument(
         "--request-timeout",
         type=float,
         default=None,
@@ -182,6 +199,27 @@ def select_kernels(argv: list[str]) -> None:
         pre.error(str(e))
 
 
+def lora_modules(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """--lora-modules as (name, path) pairs; with any adapter (or the admin
+    key) the engine starts with LoRA on, by default up to DEFAULT_MAX_LORAS
+    adapters in one batch."""
+    modules: list[tuple[str, str]] = []
+    for item in ns.lora_modules:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--lora-modules takes NAME=PATH, not {item!r}")
+        if name in dict(modules):
+            parser.error(f"--lora-modules names {name!r} twice")
+        modules.append((name, path))
+    if modules or ns.lora_admin_key:
+        ns.enable_lora = True
+        if ns.max_loras is None:
+            ns.max_loras = max(1, min(DEFAULT_MAX_LORAS, len(modules)))
+    if ns.max_loras is None:
+        ns.max_loras = 1  # vLLM's default
+    return tuple(modules)
+
+
 def serve(argv: list[str]) -> int:
     select_kernels(argv)
     # Only the engine adapter imports vllm; its parser carries every vLLM flag.
@@ -191,12 +229,15 @@ def serve(argv: list[str]) -> int:
     add_gateway_args(parser)
     # vLLM already has --shutdown-timeout (its engine's own wait); the gateway
     # drains for the same time, so one flag governs both. Our default: 30 s.
-    parser.set_defaults(model=None, shutdown_timeout=30.0)
+    parser.set_defaults(model=None, shutdown_timeout=30.0, max_loras=None)
     ns = parser.parse_args(argv)
+    adapters = lora_modules(parser, ns)
     try:  # bad keys stop here, before the engine loads
         keys = KeyStore.from_sources(ns.api_key, ns.api_keys_file)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
+    if ns.lora_admin_key and keys.authenticate(ns.lora_admin_key) is not None:
+        parser.error("--lora-admin-key must differ from every API key: it loads code-adjacent files on the server")
     if not keys.enabled and not is_loopback(ns.host):
         if not ns.allow_unauthenticated:
             parser.error(
@@ -260,6 +301,8 @@ def serve(argv: list[str]) -> int:
         stream_write_timeout=ns.stream_write_timeout,
         read_deadline=ns.read_deadline,
         max_connections=ns.max_connections,
+        lora_modules=adapters,
+        lora_admin_key=ns.lora_admin_key or None,
     )
     server: GatewayServer | None = None
 

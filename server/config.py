@@ -62,3 +62,9 @@ class GatewayConfig:
     stream_write_timeout: float = 30.0
     read_deadline: float = 30.0
     max_connections: int = 2048
+    # LoRA adapters served from the start: (name, PEFT directory) pairs.
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    # Loading and unloading adapters at run time (POST /v1/load_lora_adapter,
+    # /v1/unload_lora_adapter) needs this key, and no user key works there.
+    # None: those routes are off.
+    lora_admin_key: str | None = None

@@ -61,6 +61,12 @@ class AuthenticationFailed(APIError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class NotFound(APIError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class ServiceUnavailable(APIError):
     status_code = 503
     type = "server_error"

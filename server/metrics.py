@@ -123,6 +123,14 @@ class Metrics:
             registry=r,
         )
         self.tool_calls = Counter("lemur:tool_calls", "Tool calls in replies.", labels, registry=r)
+        # LoRA adapters (model_name above is then the adapter's name for its requests).
+        self.adapter_load_seconds = Histogram(
+            "lemur:lora_adapter_load_seconds",
+            "Time to check and load a LoRA adapter into the engine.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.adapters_loaded = Gauge("lemur:lora_adapters", "LoRA adapters served beside the base.", registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *values: str) -> Any:
@@ -139,8 +147,9 @@ class Metrics:
         """`lemur:num_requests_queued` reads the admission queue's depth at each scrape."""
         self.queued.set_function(lambda: float(depth()))
 
-    def track(self, prompt_tokens: int, key: str = "anonymous") -> RequestTracker:
-        return RequestTracker(self, prompt_tokens, key)
+    def track(self, prompt_tokens: int, key: str = "anonymous", model: str | None = None) -> RequestTracker:
+        """`model`: the base's name (default) or an adapter's, the `model_name` label."""
+        return RequestTracker(self, prompt_tokens, key, model or self.model_name)
 
     def render(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
@@ -169,6 +178,7 @@ class RequestTracker:
     metrics: Metrics
     prompt_tokens: int
     key: str = "anonymous"
+    model: str = ""
     start: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -177,8 +187,8 @@ class RequestTracker:
 
     def __post_init__(self) -> None:
         m = self.metrics
-        m.child(m.waiting, m.model_name).inc()
-        m.child(m.prompt_tokens, m.model_name).inc(self.prompt_tokens)
+        m.child(m.waiting, self.model).inc()
+        m.child(m.prompt_tokens, self.model).inc(self.prompt_tokens)
         m.child(m.key_tokens, self.key, "prompt").inc(self.prompt_tokens)
 
     def on_tokens(self, count: int) -> None:
@@ -188,12 +198,12 @@ class RequestTracker:
         m = self.metrics
         if self.first_token_at is None:
             self.first_token_at = now
-            m.child(m.ttft, m.model_name).observe(now - self.start)
-            m.child(m.waiting, m.model_name).dec()
-            m.child(m.running, m.model_name).inc()
+            m.child(m.ttft, self.model).observe(now - self.start)
+            m.child(m.waiting, self.model).dec()
+            m.child(m.running, self.model).inc()
         self.last_token_at = now
         self.tokens += count
-        m.child(m.generation_tokens, m.model_name).inc(count)
+        m.child(m.generation_tokens, self.model).inc(count)
 
     def finish(self, reason: str) -> None:
         if self.done:
@@ -201,12 +211,12 @@ class RequestTracker:
         self.done = True
         m = self.metrics
         if self.first_token_at is None:
-            m.child(m.waiting, m.model_name).dec()
+            m.child(m.waiting, self.model).dec()
         else:
-            m.child(m.running, m.model_name).dec()
+            m.child(m.running, self.model).dec()
             assert self.last_token_at is not None
-            m.child(m.e2e, m.model_name).observe(self.last_token_at - self.start)
+            m.child(m.e2e, self.model).observe(self.last_token_at - self.start)
             if self.tokens > 1:
-                m.child(m.tpot, m.model_name).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
-        m.child(m.request_success, m.model_name, reason).inc()
+                m.child(m.tpot, self.model).observe((self.last_token_at - self.first_token_at) / (self.tokens - 1))
+        m.child(m.request_success, self.model, reason).inc()
         m.child(m.key_tokens, self.key, "generation").inc(self.tokens)

@@ -4,12 +4,14 @@
    returned), the access log line, and the request counters by route, status
    and API key name;
 2. `Authenticate`: the API key, from the headers alone, before any byte of
-   the body is read (keyless garbage is a 401, not a 400);
+   the body is read (keyless garbage is a 401, not a 400); the adapter admin
+   routes take the admin key instead, and no API key;
 3. `BodySizeLimit`: 413 beyond --max-body-bytes.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -18,8 +20,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.auth import ANONYMOUS
-from server.errors import APIError, AuthenticationFailed, error_body
+from server.auth import ANONYMOUS, digest
+from server.errors import APIError, AuthenticationFailed, NotFound, error_body
 from server.logs import request_id_var
 from server.serving.context import Caller, ServingContext
 
@@ -52,23 +54,41 @@ class RequestMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            caller = scope.get("state", {}).get("caller")
+            state = scope.get("state", {})
+            caller, model = state.get("caller"), state.get("model")
             key = caller.key_name if caller is not None else "none"
             ctx = getattr(scope["app"].state, "ctx", None)
             if ctx is not None:
                 metrics = ctx.metrics
                 metrics.child(metrics.http_requests, route, scope["method"], str(status)).inc()
                 metrics.child(metrics.key_requests, key, str(status)).inc()
-            logger.info(
-                "%s %s %d", scope["method"], scope["path"], status,
-                extra={"status": status, "route": route, "key": key,
-                       "duration_ms": round((time.perf_counter() - start) * 1000, 2)},
-            )  # fmt: skip
+            duration_ms = round((time.perf_counter() - start) * 1000, 2)
+            extra = {"status": status, "route": route, "key": key, "duration_ms": duration_ms}
+            if model is not None:
+                extra["model"] = model
+            logger.info("%s %s %d", scope["method"], scope["path"], status, extra=extra)
             request_id_var.reset(token)
 
 
 # Open to everyone: probes (and /metrics unless --metrics-require-key).
 OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+# Loading and unloading adapters: the admin key only (--lora-admin-key), never a user key.
+ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+ADMIN = "admin"
+
+
+def authenticate_admin(ctx: ServingContext, authorization: str) -> Caller:
+    admin_key = ctx.config.lora_admin_key
+    if admin_key is None:
+        raise NotFound("loading adapters at run time is off on this server (start it with --lora-admin-key)")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("This route needs the adapter admin key: 'Authorization: Bearer <admin key>'.")
+    if not hmac.compare_digest(digest(token.strip()), digest(admin_key)):
+        raise AuthenticationFailed("Incorrect admin key provided (API keys do not work here).")
+    return Caller(ADMIN)
 
 
 def authenticate(ctx: ServingContext, authorization: str) -> Caller:
@@ -105,9 +125,10 @@ class Authenticate:
             await self.app(scope, receive, send)
             return
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        check = authenticate_admin if path in ADMIN_PATHS else authenticate
         try:
-            caller = authenticate(ctx, authorization)
-        except AuthenticationFailed as exc:
+            caller = check(ctx, authorization)
+        except APIError as exc:
             await send_error(send, exc)
             return
         scope.setdefault("state", {})["caller"] = caller

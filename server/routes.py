@@ -18,12 +18,13 @@ from server import __version__
 from server.admission import Permit
 from server.engine import EngineDeadError
 from server.errors import ServiceUnavailable, error_body
+from server.protocol.adapters import LoadLoraAdapterRequest, LoraAdapterResponse, UnloadLoraAdapterRequest
 from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
 from server.protocol.common import ModelCard, ModelList, VersionResponse
 from server.protocol.completions import CompletionRequest, CompletionResponse
 from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.serving import respond
-from server.serving.context import Caller, ServingContext
+from server.serving.context import Caller, ServingContext, Target
 from server.serving.generation import most_tokens
 from server.serving.prompt import render_messages
 from server.serving.respond import Prepared
@@ -163,6 +164,7 @@ async def serve(request: Request, service: Service[B], body: B) -> Response:
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     chars, heavy = body.text_chars(), body.needs_grammar()
     prepared = await ctx.pool.run(service.prepare, body, caller, chars=chars, param=param, heavy=heavy)
+    request.state.model = prepared.model  # for the access log line
     account, stream = prepared.account, bool(body.stream)
     account.reserve(most_tokens(prepared.engine_requests))
     if ctx.config.log_prompts:
@@ -209,21 +211,41 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     return await serve(request, request.app.state.completions, body)
 
 
-def _model_card(ctx: ServingContext, name: str) -> ModelCard:
+def _model_card(ctx: ServingContext, target: Target) -> ModelCard:
     info = ctx.engine.info
-    return ModelCard(id=name, created=info.created, max_model_len=info.max_model_len)
+    parent = ctx.model_name if target.adapter is not None else None
+    return ModelCard(id=target.name, created=info.created, max_model_len=info.max_model_len, parent=parent)
 
 
 @api.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     ctx = context(request)
-    return ModelList(data=[_model_card(ctx, ctx.model_name)])
+    targets = [Target(ctx.model_name), *(Target(a.name, a.ref) for a in ctx.adapters.all())]
+    return ModelList(data=[_model_card(ctx, t) for t in targets])
 
 
 @api.get("/v1/models/{model:path}", response_model=ModelCard)
 async def retrieve_model(model: str, request: Request) -> ModelCard:
     ctx = context(request)
     return _model_card(ctx, ctx.resolve_model(model))
+
+
+@api.post("/v1/load_lora_adapter", response_model=LoraAdapterResponse)
+async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request) -> LoraAdapterResponse:
+    """Admin key only (server/middleware.py); off unless --lora-admin-key."""
+    adapter, seconds = await request.app.state.adapters.load(body.lora_name, body.lora_path)
+    parent = context(request).model_name
+    return LoraAdapterResponse(
+        name=adapter.name, parent=parent, status="loaded", rank=adapter.rank, load_seconds=round(seconds, 4)
+    )
+
+
+@api.post("/v1/unload_lora_adapter", response_model=LoraAdapterResponse)
+async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) -> LoraAdapterResponse:
+    adapter = await request.app.state.adapters.unload(body.lora_name)
+    return LoraAdapterResponse(
+        name=adapter.name, parent=context(request).model_name, status="unloaded", rank=adapter.rank
+    )
 
 
 @api.post("/tokenize", response_model=TokenizeResponse)

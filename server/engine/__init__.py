@@ -1,6 +1,7 @@
 """The engine boundary: token ids + sampling parameters in, output deltas out."""
 
 from server.engine.base import (
+    AdapterRef,
     Engine,
     EngineDeadError,
     EngineOutput,
@@ -13,6 +14,7 @@ from server.engine.base import (
 )
 
 __all__ = [
+    "AdapterRef",
     "Engine",
     "EngineDeadError",
     "EngineOutput",

@@ -63,6 +63,16 @@ class SamplingSpec:
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter as the engine knows it: a name, a numeric id unique for
+    the engine's lifetime, and the PEFT directory it loads from."""
+
+    name: str
+    int_id: int
+    path: str
+
+
+@dataclass(frozen=True)
 class EngineRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
@@ -70,6 +80,7 @@ class EngineRequest:
     # Requests share prefix-cache blocks only within one salt (one tenant), so
     # nobody can time another key's prompts through cache hits.
     cache_salt: str | None = None
+    adapter: AdapterRef | None = None  # None: the base model
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,26 @@ class EngineOutput:
 
 
 @dataclass(frozen=True)
+class BaseShapes:
+    """The base model's linear layers, which an adapter's tensors must fit."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class LoraLimits:
+    """What the engine was started with for adapters (--max-loras, --max-lora-rank)."""
+
+    max_loras: int
+    max_rank: int
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     path: str
@@ -109,6 +140,8 @@ class ModelInfo:
     # --structured-outputs-config disable_any_whitespace, inverted).
     json_whitespace: bool = False
     generation_defaults: dict[str, float | int] = field(default_factory=dict)
+    shapes: BaseShapes | None = None
+    lora: LoraLimits | None = None  # None: the engine serves no adapters
 
 
 class Engine(Protocol):
@@ -119,6 +152,13 @@ class Engine(Protocol):
         ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        """Load an adapter now (requests naming it would load it on demand);
+        `EngineRejectedRequest` if the engine cannot load it."""
+        ...
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None: ...
 
     async def check_health(self) -> None:
         """Raise `EngineDeadError` if the engine cannot serve."""

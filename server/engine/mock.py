@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.engine.base import EngineDeadError, EngineOutput, EngineRequest, ModelInfo
+from server.engine.base import AdapterRef, EngineDeadError, EngineOutput, EngineRequest, ModelInfo
 from server.engine.death import EngineDeath
 
 # A short cycle of ordinary words; their ids come from the checkpoint's tokenizer.
@@ -61,6 +61,12 @@ class MockEngine:
 
     async def abort(self, request_id: str) -> None:
         return None  # generation lives in the request's own generator: closing it stops it
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        return None  # the mock serves no adapters (its ModelInfo has no LoRA limits)
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        return None
 
     def is_alive(self) -> bool:
         return self.alive

@@ -21,10 +21,13 @@ from typing import Any
 from server.config import DEFAULT_CPU_KVCACHE_GIB
 from server.cpu import allowed_cpus, numa_nodes, thread_binding
 from server.engine.base import (
+    AdapterRef,
+    BaseShapes,
     EngineDeadError,
     EngineOutput,
     EngineRejectedRequest,
     EngineRequest,
+    LoraLimits,
     ModelInfo,
     SamplingSpec,
     StructuredSpec,
@@ -41,6 +44,7 @@ from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
 from vllm.inputs import tokens_input
+from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -199,6 +203,27 @@ def _prompt_logprobs(
     return tuple(None if lp is None else _token_logprob(t, lp, k) for t, lp in zip(token_ids, logprobs, strict=True))
 
 
+def _shapes(model_config: Any) -> BaseShapes:
+    text = model_config.hf_text_config
+    heads = text.num_attention_heads
+    return BaseShapes(
+        hidden_size=text.hidden_size,
+        intermediate_size=getattr(text, "intermediate_size", 0),
+        num_layers=text.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=model_config.get_head_size(),
+    )
+
+
+def _lora_limits(lora_config: Any) -> LoraLimits | None:
+    return None if lora_config is None else LoraLimits(lora_config.max_loras, lora_config.max_lora_rank)
+
+
+def _lora_request(adapter: AdapterRef | None) -> LoRARequest | None:
+    return None if adapter is None else LoRARequest(adapter.name, adapter.int_id, adapter.path)
+
+
 class VllmEngine:
     """Our `Engine` over vLLM's `AsyncLLM`."""
 
@@ -217,6 +242,8 @@ class VllmEngine:
             dtype=_dtype_name(cfg.dtype),
             generation_defaults={k: defaults[k] for k in _DEFAULT_KEYS if k in defaults},
             json_whitespace=not llm.vllm_config.structured_outputs_config.disable_any_whitespace,
+            shapes=_shapes(cfg),
+            lora=_lora_limits(llm.vllm_config.lora_config),
         )
 
     @classmethod
@@ -260,7 +287,8 @@ class VllmEngine:
         prompt = tokens_input(list(request.prompt_token_ids), cache_salt=request.cache_salt)
         first = True
         try:
-            async for out in self._llm.generate(prompt, params, request.request_id):
+            lora = _lora_request(request.adapter)
+            async for out in self._llm.generate(prompt, params, request.request_id, lora_request=lora):
                 prompt_lps = None
                 if first and spec.prompt_logprobs is not None and out.prompt_logprobs is not None:
                     prompt_lps = _prompt_logprobs(request.prompt_token_ids, out.prompt_logprobs, spec.prompt_logprobs)
@@ -283,6 +311,23 @@ class VllmEngine:
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        try:
+            loaded = await self._llm.add_lora(_lora_request(adapter))
+        except VllmEngineDeadError as exc:
+            raise EngineDeadError(str(exc)) from exc
+        except Exception as exc:  # the worker refused the files: the adapter's fault, not the engine's
+            message = f"the engine could not load adapter {adapter.name!r}: {exc}"
+            raise EngineRejectedRequest(message, "lora_path") from exc
+        if not loaded:
+            raise EngineRejectedRequest(f"the engine could not load adapter {adapter.name!r}", "lora_path")
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        try:
+            await self._llm.remove_lora(adapter.int_id)
+        except VllmEngineDeadError as exc:
+            raise EngineDeadError(str(exc)) from exc
 
     def is_alive(self) -> bool:
         return not self._llm.errored

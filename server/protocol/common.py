@@ -152,6 +152,8 @@ class ModelCard(ResponseModel):
     created: int
     owned_by: str = "lemur"
     max_model_len: int
+    # An adapter's card names its base model; the base's has none.
+    parent: str | None = None
 
 
 class ModelList(ResponseModel):

@@ -118,7 +118,7 @@ class ChatAnswer:
     def _count_calls(self, parser: ToolCallParser) -> None:
         if parser.calls:
             metrics = self.ctx.metrics
-            metrics.child(metrics.tool_calls, metrics.model_name).inc(len(parser.calls))
+            metrics.child(metrics.tool_calls, self.model).inc(len(parser.calls))
 
     def _message(self, r: ChoiceResult) -> tuple[ChatResponseMessage, str | None]:
         if not self.parse_tools:
@@ -161,7 +161,7 @@ class ChatService:
 
     def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
         ctx = self.ctx
-        model = ctx.resolve_model(req.model)
+        target = ctx.resolve_model(req.model)
         check_sequences(ctx.config, req.n, prompts=1)
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         check_max_tokens(ctx.config, req.requested_max_tokens(), param)
@@ -174,6 +174,6 @@ class ChatService:
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(),
                               logprobs=top, structured=grammar)  # fmt: skip
         rid = new_request_id("chatcmpl")
-        engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller))
-        answer = ChatAnswer(ctx, req, rid, model, parse_tools=tools is not None)
-        return Prepared((engine_request,), caller.account(), answer)
+        engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller), target.adapter)
+        answer = ChatAnswer(ctx, req, rid, target.name, parse_tools=tools is not None)
+        return Prepared((engine_request,), caller.account(), answer, target.name)

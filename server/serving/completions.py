@@ -124,7 +124,7 @@ class CompletionService:
 
     def prepare(self, req: CompletionRequest, caller: Caller) -> Prepared:
         config = self.ctx.config
-        model = self.ctx.resolve_model(req.model)
+        target = self.ctx.resolve_model(req.model)
         raw_prompts = req.prompts()
         check_sequences(config, req.n, prompts=len(raw_prompts))  # before any tokenizing
         check_max_tokens(config, req.max_tokens)
@@ -146,8 +146,9 @@ class CompletionService:
                     prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
                 ),
                 self.ctx.cache_salt(caller),
+                target.adapter,
             )
             for i, p in enumerate(prompts)
         )
-        answer = CompletionAnswer(self.ctx.tokenizer, req, prompts, rid, model)
-        return Prepared(engine_requests, caller.account(), answer)
+        answer = CompletionAnswer(self.ctx.tokenizer, req, prompts, rid, target.name)
+        return Prepared(engine_requests, caller.account(), answer, target.name)

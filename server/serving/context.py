@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from server.adapters import AdapterRegistry
 from server.admission import AdmissionController
 from server.auth import KeyStore
 from server.chat_template import ChatTemplate
 from server.config import GatewayConfig
-from server.engine import Engine
+from server.engine import AdapterRef, Engine
 from server.errors import ModelNotFound
 from server.metrics import Metrics
 from server.ratelimit import KeyLimiter, RateLimiter
@@ -28,6 +29,14 @@ class ServingState:
 
 
 @dataclass(frozen=True)
+class Target:
+    """What a request's `model` names: the base, or one of its adapters."""
+
+    name: str  # as responses, logs and metrics show it
+    adapter: AdapterRef | None = None
+
+
+@dataclass(frozen=True)
 class ServingContext:
     config: GatewayConfig
     engine: Engine
@@ -38,6 +47,7 @@ class ServingContext:
     keys: KeyStore
     limiter: RateLimiter
     pool: PreparePool
+    adapters: AdapterRegistry
     state: ServingState = field(default_factory=ServingState)
 
     @property
@@ -48,13 +58,17 @@ class ServingContext:
         """Each key its own prefix-cache partition, unless --shared-prefix-cache."""
         return None if self.config.shared_prefix_cache else f"key:{caller.key_name}"
 
-    def resolve_model(self, requested: str | None) -> str:
-        """The served name for a request's `model` (absent means the default)."""
+    def resolve_model(self, requested: str | None) -> Target:
+        """The base or adapter a request's `model` names (absent: the base)."""
         if requested is None or requested in self.config.served_model_names:
-            return requested or self.model_name
+            return Target(requested or self.model_name)
+        adapter = self.adapters.get(requested)
+        if adapter is not None:
+            return Target(adapter.name, adapter.ref)
+        names = ", ".join(f"`{a.name}`" for a in self.adapters.all())
+        also = f" and the adapters {names}" if names else ""
         raise ModelNotFound(
-            f"The model `{requested}` does not exist. This server serves `{self.model_name}`.",
-            param="model",
+            f"The model `{requested}` does not exist. This server serves `{self.model_name}`{also}.", param="model"
         )
 
 

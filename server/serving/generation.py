@@ -49,7 +49,8 @@ async def _next_before(outputs: AsyncIterator[EngineOutput], deadline: float | N
 
 
 async def generate(ctx: ServingContext, request: EngineRequest, account: Account) -> AsyncIterator[EngineOutput]:
-    tracker = ctx.metrics.track(len(request.prompt_token_ids), account.key_name)
+    model = request.adapter.name if request.adapter is not None else ctx.metrics.model_name
+    tracker = ctx.metrics.track(len(request.prompt_token_ids), account.key_name, model)
     timeout = ctx.config.request_timeout
     deadline = asyncio.get_running_loop().time() + timeout if timeout else None
     reason = "abort"

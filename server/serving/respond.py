@@ -74,6 +74,7 @@ class Prepared:
     engine_requests: tuple[EngineRequest, ...]
     account: Account
     answer: Answer
+    model: str  # the base's or an adapter's name, for the access log
 
     def sequences(self) -> int:
         return sum(r.sampling.n for r in self.engine_requests)

@@ -1,0 +1,73 @@
+"""Adapters at start-up and at run time: check, load into the engine, list.
+
+A load checks the files off the event loop (server/adapters.py), loads them
+into the engine, and only then makes the name servable, so no request can
+reach an adapter that is not there. An unload makes the name unservable
+first; requests already running with it finish (the engine reloads what they
+need). One lock orders loads and unloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from server.adapters import Adapter
+from server.engine import EngineRejectedRequest
+from server.errors import InvalidRequest
+from server.serving.context import ServingContext
+
+logger = logging.getLogger("lemur.adapters")
+
+
+class AdapterService:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+        self._lock = asyncio.Lock()
+
+    async def load(self, name: str, path: str) -> tuple[Adapter, float]:
+        """Check, load and register an adapter; (adapter, seconds it took)."""
+        ctx = self.ctx
+        async with self._lock:
+            t0 = time.perf_counter()
+            adapter = await asyncio.to_thread(ctx.adapters.check, name, path)
+            try:
+                await ctx.engine.add_adapter(adapter.ref)
+            except EngineRejectedRequest as exc:
+                raise InvalidRequest(str(exc), param="lora_path", code="invalid_adapter") from exc
+            ctx.adapters.register(adapter)
+            seconds = time.perf_counter() - t0
+        ctx.metrics.adapter_load_seconds.observe(seconds)
+        ctx.metrics.adapters_loaded.set(len(ctx.adapters.all()))
+        logger.info(
+            "adapter %s loaded from %s (rank %d, trained on %s) in %.3fs",
+            name,
+            adapter.ref.path,
+            adapter.rank,
+            adapter.base or "an unnamed base",
+            seconds,
+            extra={"adapter": name},
+        )
+        return adapter, seconds
+
+    async def unload(self, name: str) -> Adapter:
+        ctx = self.ctx
+        async with self._lock:
+            adapter = ctx.adapters.remove(name)  # 404 when unknown
+            await ctx.engine.remove_adapter(adapter.ref)
+        ctx.metrics.adapters_loaded.set(len(ctx.adapters.all()))
+        logger.info("adapter %s unloaded", name, extra={"adapter": name})
+        return adapter
+
+    async def load_configured(self) -> None:
+        """--lora-modules, at start-up: a bad one stops the server with its reason."""
+        for name, path in self.ctx.config.lora_modules:
+            try:
+                await self.load(name, path)
+            except InvalidRequest as exc:
+                raise AdapterStartupError(f"--lora-modules {name}={path}: {exc.message}") from None
+
+
+class AdapterStartupError(RuntimeError):
+    """An adapter given on the command line cannot be served."""
