@@ -109,7 +109,7 @@ def authenticate(ctx: ServingContext, authorization: str) -> Caller:
 async def send_error(send: Send, exc: APIError) -> None:
     body = json.dumps(exc.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (exc.headers() or {}).items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

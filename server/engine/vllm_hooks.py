@@ -7,6 +7,8 @@ Entry point `lemur_process` of the `vllm.general_plugins` group. It:
   permission the first AMX instruction is SIGILL);
 - works around vLLM 0.32's CPU pipeline parallel in eager mode (see
   `_allocate_pipeline_buffers_lazily`);
+- fixes vLLM 0.32's CPU LoRA ops, which applied an adapter to base-model
+  tokens batched with adapter requests (server/engine/cpu_lora_fix.py);
 - when the gateway set `LEMUR_ENGINE_EVENTS`, appends this process's fatal
   news (a worker that died, an error with its traceback) to that file, one
   JSON object a line, so the gateway can say why the engine died
@@ -160,6 +162,9 @@ def register() -> None:
     if current_platform.is_cpu():
         amx = request_amx_permission()
         _allocate_pipeline_buffers_lazily()
+        from server.engine import cpu_lora_fix
+
+        cpu_lora_fix.install()
     events = os.environ.get(EVENTS_ENV)
     if events:
         append_event(
