@@ -87,7 +87,7 @@ def test_broken_files_are_refused_with_the_reason(adapters, tmp_path: Path) -> N
         inspect_adapter(not_lora, SHAPES, 8)
     no_weights = _copy(adapters["good"], tmp_path / "no-weights")
     (no_weights / "adapter_model.safetensors").unlink()
-    with pytest.raises(AdapterError, match="has no adapter_model.safetensors"):
+    with pytest.raises(AdapterError, match=r"has no adapter_model\.safetensors"):
         inspect_adapter(no_weights, SHAPES, 8)
 
 
