@@ -324,3 +324,28 @@ def test_lora_resume_is_exact(micro_run, tmp_path: Path) -> None:
     assert sorted(a) == sorted(b) == list(range(1, 41))
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_lora_sft_matches_one_process(micro_run, tmp_path: Path, strategy: str) -> None:
+    """LoRA on a frozen base under torchrun: two ranks of micro-batch 2 equal
+    one process of 4 (no dropout, so that both draw no random numbers)."""
+    from training.recipe import run_sft
+
+    _, export, _ = micro_run
+    common = [*LORA, "lora.dropout=0.0", "sft.max_steps=4", "sft.save_every=100", "sft.eval_every=100",
+              f"distributed.strategy={strategy!r}"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_sft(load_config(MICRO, [*common, "sft.micro_batch_size=4"]), one, SINGLE, init=export)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "training.cli", "sft", "--preset", MICRO, "--lora", "--from", str(export), "--out", str(two),
+           *[x for c in [*common, "sft.micro_batch_size=2"] for x in ("--set", c)]]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a = metric_rows(one / "sft" / "metrics.jsonl", "loss")
+    b = metric_rows(two / "sft" / "metrics.jsonl", "loss")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
+    assert (two / "sft" / "final" / "adapter_model.safetensors").exists()

@@ -77,13 +77,13 @@ def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
-    """The mean of a scalar tensor over ranks (the tensor itself on one process)."""
+def all_reduce_tensor_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The sum of a tensor over ranks (the tensor itself on one process); no host sync."""
     if not d.enabled:
         return value
-    t = value.detach().to(torch.float64).clone()
+    t = value.detach().clone()
     dist.all_reduce(t)
-    return t / d.world_size
+    return t
 
 
 def barrier(d: Dist) -> None:

@@ -36,7 +36,7 @@ import torch
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import DistributedConfig, PhaseConfig
 from training.data import iter_index_batches
-from training.distributed import Dist, all_reduce_mean, all_reduce_sum, barrier, unwrap, wrap_model
+from training.distributed import Dist, all_reduce_sum, all_reduce_tensor_sum, barrier, unwrap, wrap_model
 
 
 class BatchSource(Protocol):
@@ -207,28 +207,46 @@ def evaluate(model: torch.nn.Module, data: BatchSource, cfg: PhaseConfig, d: Dis
     return loss_total / max(count_total, 1.0)
 
 
+def _label_tokens(batch: dict[str, np.ndarray]) -> int:
+    """Positions that carry loss (the model shifts labels left by one)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
 def accumulate(
     model: torch.nn.Module, data: BatchSource, rows: list[int], cfg: PhaseConfig, d: Dist
 ) -> tuple[torch.Tensor, int]:
     """Forward and backward over this rank's `rows` in grad_accum micro-batches.
-    Returns the mean loss (a detached device tensor: no host sync) and the
-    number of token positions (padding included) it read."""
-    loss_sum = torch.zeros((), device=d.device)
+
+    The loss is the mean over every loss-carrying token of the global batch
+    (all micro-batches, all ranks), not a mean of per-micro-batch means: SFT
+    rows differ in how many assistant tokens they hold, and a mean of means
+    would weigh a short answer's tokens more on 2 ranks than on 1. Each
+    micro-batch's summed loss is divided by the global token count (an
+    all-reduce of host-side counts into a device tensor: no host sync).
+
+    Returns this rank's share of that mean (detached, on the device; the
+    ranks' shares sum to the step's loss) and the token positions read
+    (padding included)."""
+    chunks = [rows[m * cfg.micro_batch_size : (m + 1) * cfg.micro_batch_size] for m in range(cfg.grad_accum)]
+    batches = [data.batch(chunk) for chunk in chunks]
+    count = torch.tensor(float(sum(_label_tokens(b) for b in batches)), device=d.device)
+    total = all_reduce_tensor_sum(count, d).clamp(min=1.0)  # (,) loss-carrying tokens of the global batch
+    loss_share = torch.zeros((), device=d.device)
     tokens = 0
-    for micro in range(cfg.grad_accum):
-        chunk = rows[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
-        batch = _to_device(data.batch(chunk), d.device)
+    for micro, host_batch in enumerate(batches):
+        batch = _to_device(host_batch, d.device)
         # Only the last micro-batch all-reduces gradients under DDP. One `with`
         # for forward and backward: no_sync() is a generator-based context
         # manager and cannot be entered twice.
         last = micro == cfg.grad_accum - 1
         with model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext():
             with _autocast(cfg, d.device):
-                loss = model(**batch).loss / cfg.grad_accum
-            loss.backward()
-        loss_sum += loss.detach().float()
+                loss = model(**batch, num_items_in_batch=total).loss  # summed token losses / total
+            # DDP and FSDP average gradients over ranks; the sum over ranks is wanted.
+            (loss * d.world_size).backward()
+        loss_share += loss.detach().float()
         tokens += batch["input_ids"].numel()
-    return loss_sum, tokens
+    return loss_share, tokens
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, cfg: PhaseConfig) -> torch.Tensor:
@@ -332,7 +350,7 @@ def train_phase(
         pos.tokens += tokens * d.world_size
         log.advance(tokens * d.world_size)
         if due.log(pos.step) or pos.step == stop_after:
-            last_loss = float(all_reduce_mean(loss, d))  # the host waits for the device here only
+            last_loss = float(all_reduce_tensor_sum(loss, d))  # the host waits for the device here only
             if due.log(pos.step):
                 log.train(pos.step, last_loss, float(grad_norm), sched.get_last_lr()[0], pos.tokens)
         if due.eval(pos.step):
