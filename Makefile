@@ -10,7 +10,7 @@ PORT   ?= 8000
 
 ADAPTER ?= models/adapters/house-style
 
-.PHONY: install model adapter serve test lint format clean
+.PHONY: install model adapter browser serve test lint format clean
 
 install: $(STAMP)
 
@@ -39,7 +39,14 @@ $(ADAPTER)/adapter_config.json: $(MODEL)/config.json
 serve: install model
 	$(BIN)/lemur serve $(MODEL) --host $(HOST) --port $(PORT) --enforce-eager
 
-test: install
+# The playground's tests drive Debian's Chromium (browser downloads from other hosts fail here).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null || \
+		  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

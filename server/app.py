@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from server import __version__
+from server import __version__, playground
 from server.adapters import AdapterRegistry
 from server.admission import AdmissionConfig, AdmissionController
 from server.auth import KeyStore
@@ -131,6 +131,8 @@ def create_app(
 
     app.include_router(api)
     app.include_router(probes)
+    if config.playground:
+        app.include_router(playground.router)
     # Added innermost first: RequestMiddleware -> Authenticate -> BodySizeLimit -> routes.
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(Authenticate)

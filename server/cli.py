@@ -161,6 +161,11 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="open connections at once; beyond: 503 (default %(default)s)",
     )
     g.add_argument(
+        "--no-playground",
+        action="store_true",
+        help="do not serve the chat page at / and /playground (it is static and calls the API with the user's key)",
+    )
+    g.add_argument(
         "--lora-modules",
         nargs="+",
         default=[],
@@ -303,6 +308,7 @@ def serve(argv: list[str]) -> int:
         max_connections=ns.max_connections,
         lora_modules=adapters,
         lora_admin_key=ns.lora_admin_key or None,
+        playground=not ns.no_playground,
     )
     server: GatewayServer | None = None
 

@@ -68,3 +68,5 @@ class GatewayConfig:
     # /v1/unload_lora_adapter) needs this key, and no user key works there.
     # None: those routes are off.
     lora_admin_key: str | None = None
+    # The chat page at / and /playground (static; it calls the API with the user's key).
+    playground: bool = True

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.auth import ANONYMOUS, digest
 from server.errors import APIError, AuthenticationFailed, NotFound, error_body
 from server.logs import request_id_var
+from server.playground import is_page_path
 from server.serving.context import Caller, ServingContext
 
 logger = logging.getLogger("lemur.access")
@@ -70,7 +71,8 @@ class RequestMiddleware:
             request_id_var.reset(token)
 
 
-# Open to everyone: probes (and /metrics unless --metrics-require-key).
+# Open to everyone: probes (and /metrics unless --metrics-require-key), and the
+# playground's static page (it asks for a key itself).
 OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
@@ -121,7 +123,8 @@ class Authenticate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx: ServingContext | None = getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" else None
         path = scope.get("path", "")
-        if ctx is None or path in OPEN_PATHS or (path == "/metrics" and not ctx.config.metrics_require_key):
+        open_path = path in OPEN_PATHS or (ctx is not None and ctx.config.playground and is_page_path(path))
+        if ctx is None or open_path or (path == "/metrics" and not ctx.config.metrics_require_key):
             await self.app(scope, receive, send)
             return
         authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")

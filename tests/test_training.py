@@ -165,6 +165,24 @@ def test_resume_reaches_the_same_loss(micro_run, tmp_path: Path) -> None:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
 
 
+def run_two_ranks(command: list[str], overrides: list[str]) -> None:
+    """`lemur train COMMAND` on the micro preset under torchrun, 2 CPU ranks (gloo)."""
+    sets = [x for c in overrides for x in ("--set", c)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = [*launcher, "-m", "training.cli", *command, "--preset", MICRO, *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def assert_same_losses(one: Path, two: Path, steps: int, tolerance: float = 1e-4) -> None:
+    a = metric_rows(one / "metrics.jsonl", "loss")
+    b = metric_rows(two / "metrics.jsonl", "loss")
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    for step in a:
+        assert abs(a[step] - b[step]) <= tolerance, (step, a[step], b[step])
+
+
 @pytest.mark.parametrize(("strategy", "accum"), [("ddp", 1), ("fsdp", 1), ("ddp", 2)])
 def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path, strategy: str, accum: int) -> None:
     """Two ranks of micro-batch 2 // accum, accumulating `accum` micro-batches
@@ -177,18 +195,9 @@ def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path
     _copy_prepared(run, one)
     _copy_prepared(run, two)
     run_pretrain(load_config(MICRO, [*common, "pretrain.micro_batch_size=4"]), one, SINGLE)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "training.cli", "pretrain", "--preset", MICRO, "--out", str(two),
-           *[x for c in [*common, f"pretrain.micro_batch_size={2 // accum}", f"pretrain.grad_accum={accum}"]
-             for x in ("--set", c)]]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a = metric_rows(one / "pretrain" / "metrics.jsonl", "loss")
-    b = metric_rows(two / "pretrain" / "metrics.jsonl", "loss")
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-    for step in a:
-        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
+    batching = [f"pretrain.micro_batch_size={2 // accum}", f"pretrain.grad_accum={accum}"]
+    run_two_ranks(["pretrain", "--out", str(two)], [*common, *batching])
+    assert_same_losses(one / "pretrain", two / "pretrain", steps=4)
 
 
 def test_data_build_is_deterministic(micro_run, tmp_path: Path) -> None:
@@ -337,15 +346,6 @@ def test_two_process_lora_sft_matches_one_process(micro_run, tmp_path: Path, str
               f"distributed.strategy={strategy!r}"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     run_sft(load_config(MICRO, [*common, "sft.micro_batch_size=4"]), one, SINGLE, init=export)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "training.cli", "sft", "--preset", MICRO, "--lora", "--from", str(export), "--out", str(two),
-           *[x for c in [*common, "sft.micro_batch_size=2"] for x in ("--set", c)]]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a = metric_rows(one / "sft" / "metrics.jsonl", "loss")
-    b = metric_rows(two / "sft" / "metrics.jsonl", "loss")
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-    for step in a:
-        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
+    run_two_ranks(["sft", "--lora", "--from", str(export), "--out", str(two)], [*common, "sft.micro_batch_size=2"])
+    assert_same_losses(one / "sft", two / "sft", steps=4)
     assert (two / "sft" / "final" / "adapter_model.safetensors").exists()
