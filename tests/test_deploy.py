@@ -154,6 +154,7 @@ def test_gpu_overlay_serves_70b_on_4_gpus_from_a_pvc() -> None:
     tp = int(flag_value(c["args"], "--tensor-parallel-size") or 1)
     gpus = {int(c["resources"][kind]["nvidia.com/gpu"]) for kind in ("requests", "limits")}
     assert tp == 4 and gpus == {4}
+    assert "--no-playground" in c["args"]  # a production API: no chat page by default
     (init,) = pod["initContainers"]
     assert init["args"] == ["fetch"] and init["image"] == c["image"]
     init_env = {e["name"]: e.get("value") for e in init["env"]}

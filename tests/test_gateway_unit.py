@@ -124,6 +124,23 @@ def test_api_key_required(fake: FakeEngine) -> None:
         assert c.get("/metrics").status_code == 200
 
 
+def test_playground_is_open_static_and_can_be_turned_off(fake: FakeEngine) -> None:
+    on = create_app(GatewayConfig(api_key="k1", served_model_names=("tiny",)), lambda: fake)
+    with TestClient(on) as c:
+        for path in ("/", "/playground", "/playground/static/app.js", "/playground/static/style.css"):
+            r = c.get(path)  # no key: the files are static, the page asks for a key itself
+            assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff", path
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+        assert c.get("/playground/config").json() == {"auth_required": True}
+        assert c.get("/playground/static/missing.js").status_code == 404
+        assert c.get("/playground/other").status_code == 401  # only the page's own paths are open
+    off = create_app(GatewayConfig(api_key="k1", served_model_names=("tiny",), playground=False), lambda: fake)
+    with TestClient(off) as c:
+        assert c.get("/").status_code == 401  # not a page any more: an API path like any other
+        assert c.get("/", headers={"Authorization": "Bearer k1"}).status_code == 404
+        assert c.get("/playground/static/app.js", headers={"Authorization": "Bearer k1"}).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("path", "raw", "needle"),
     [
