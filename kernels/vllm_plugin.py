@@ -4,11 +4,14 @@ Registered as the `lemur_kernels` entry point of the `vllm.general_plugins`
 group, which vLLM loads in every process (API server, engine core, workers)
 before it builds the model. It does nothing unless `LEMUR_KERNELS=triton` is
 set (`lemur serve --kernels triton` sets it), so installing Lemur Serve never
-changes a vLLM deployment by itself.
+changes a vLLM deployment by itself. With it, it swaps in our RMSNorm,
+SiLU-and-mul and rotary ops, and on a CPU platform the LEMUR attention backend
+(kernels/attention_backend.py: our KV write, paged decode and prefill).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 ENV_VAR = "LEMUR_KERNELS"
@@ -22,6 +25,19 @@ def requested() -> str:
     return value
 
 
+def register_attention_backend() -> str | None:
+    """LEMUR in place of CPU_ATTN on a CPU platform (vLLM asks for CPU_ATTN's
+    class path there and honours an override). A string path: nothing heavy
+    is imported before vLLM picks a backend."""
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    if not current_platform.is_cpu():
+        return None  # the CUDA backend (CUSTOM) is not built yet: vLLM's own serves
+    register_backend(AttentionBackendEnum.CPU_ATTN, "kernels.attention_backend.LemurCPUAttentionBackend")
+    return "LEMUR"
+
+
 def register() -> None:
     """Entry point. Safe to call more than once per process."""
     if requested() != "triton":
@@ -29,3 +45,6 @@ def register() -> None:
     from kernels.vllm_ops import register_ops
 
     register_ops()
+    backend = register_attention_backend()
+    if backend is not None:
+        logging.getLogger("vllm.lemur_kernels").info("lemur kernels: attention backend %s", backend)

