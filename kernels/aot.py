@@ -111,13 +111,27 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
             yield KernelSpec(f"merge_splits[{name},splits<={block_s}]", paged_attention._merge_splits_kernel, dtype,
                              {"BLOCK_S": block_s, "BLOCK_D": m["head_dim"]}, 4,
                              {"partial_ptr": "fp32", "lse_ptr": "fp32"})  # fmt: skip
+        # Prefill and chunked prefill (the LEMUR backend): head counts are launch-grid sizes, not
+        # specialisations, so one kernel per dtype serves TP 4 and 8.
+        yield prefill_spec(dtype)
     # fp32 serving is rare, but the fp32 path uses IEEE products (not TF32): it must compile too.
+    yield prefill_spec(torch.float32)
     cfg = paged_attention.decode_config(8, m["head_dim"], torch.float32)
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
     yield KernelSpec("paged_decode[fp32,tp=8,split=False]", paged_attention._paged_decode_kernel, torch.float32,
                      {**cfg, "PAGE": 16, "SPLIT": False}, warps,
                      {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"},
                      num_stages=stages)  # fmt: skip
+
+
+def prefill_spec(dtype: torch.dtype) -> KernelSpec:
+    from kernels import paged_prefill
+
+    cfg = paged_prefill.prefill_config(LEMUR_70B["head_dim"], dtype)
+    warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+    ptrs = {"block_tables_ptr": "i32", "query_start_loc_ptr": "i32", "seq_lens_ptr": "i32"}
+    return KernelSpec(f"paged_prefill[{TRITON_TYPES[dtype]}]", paged_prefill._paged_prefill_kernel, dtype,
+                      {**cfg, "PAGE": 16}, warps, ptrs, num_stages=stages)  # fmt: skip
 
 
 def compile_spec(spec: KernelSpec, arch: int) -> Any:

@@ -14,18 +14,234 @@ where context = seq_len - q_len:
     query_start_loc (requests + 1,) int32
     seq_lens        (requests,) int32
 
-This module holds the torch twin (the Triton kernel, a flash-attention loop
-over the request's pages, is the next step of issue 16) and `paged_attention`,
-the entry point for a mixed batch: decode requests through the paged decode
-kernel in one launch, the others through the prefill path.
+The kernel is flash attention over pages: one program per (query tile,
+request, query head) walks the request's keys a tile at a time, each token's
+page looked up in the block table, with an online softmax in base 2, and
+stops at the tile's causal edge (context + its last query). Query tiles past a
+request's length exit at once, so one launch covers a varlen batch. The heads
+of a GQA group re-read their K/V tiles; prefill is compute bound, and a
+group-packed variant is an optimisation for later.
+
+`paged_attention` is the entry point for a mixed batch: decode requests
+through the paged decode kernel in one launch, the others through this one.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
-from kernels.common import runs_triton
-from kernels.paged_attention import paged_decode_attention, paged_decode_attention_reference
+from kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, check_tensor, next_power_of_2, runs_triton
+from kernels.paged_attention import LOG2E, paged_decode_attention, paged_decode_attention_reference
+
+
+@triton.jit
+def _paged_prefill_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    query_start_loc_ptr,
+    seq_lens_ptr,
+    out_ptr,
+    qk_scale,  # softmax scale * log2(e)
+    q_tok_stride,
+    q_head_stride,
+    k_block_stride,
+    k_tok_stride,
+    k_head_stride,
+    v_block_stride,
+    v_tok_stride,
+    v_head_stride,
+    bt_seq_stride,
+    out_tok_stride,
+    out_head_stride,
+    head_dim,
+    group,
+    PAGE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    req = tl.program_id(1)
+    head = tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + req)
+    q_len = tl.load(query_start_loc_ptr + req + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + req)
+    if (tile * BLOCK_M >= q_len) | (seq_len == 0):  # past the request, or a request left out (length 0)
+        return
+    context = seq_len - q_len  # cached tokens before this request's new ones
+    kv_head = head // group
+
+    ms = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # query index within the request
+    ds = tl.arange(0, BLOCK_D)
+    m_mask = ms < q_len
+    d_mask = ds < head_dim
+    rows = (q_start + ms).to(tl.int64)
+    q = tl.load(
+        q_ptr + rows[:, None] * q_tok_stride + head * q_head_stride + ds[None, :],
+        mask=m_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    if FP32_DOT:
+        q = q.to(tl.float32)
+
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    bt_row = block_tables_ptr + req.to(tl.int64) * bt_seq_stride
+    end = context + tl.minimum((tile + 1) * BLOCK_M, q_len)  # the tile's causal edge: no key past it is read
+    for start in range(0, end, BLOCK_N):
+        ns = start + tl.arange(0, BLOCK_N)
+        n_mask = ns < end
+        pages = tl.load(bt_row + ns // PAGE, mask=n_mask, other=0).to(tl.int64)
+        slots = ns % PAGE
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(
+            k_cache_ptr
+            + pages[:, None] * k_block_stride
+            + slots[:, None] * k_tok_stride
+            + kv_head * k_head_stride
+            + ds[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
+        if FP32_DOT:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N) fp32
+        causal = (context + ms)[:, None] >= ns[None, :]
+        qk = tl.where(causal & n_mask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m, tl.max(qk, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_sum = l_sum * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_cache_ptr
+            + pages[:, None] * v_block_stride
+            + slots[:, None] * v_tok_stride
+            + kv_head * v_head_stride
+            + ds[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
+        if FP32_DOT:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m = m_new
+
+    out = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]  # every real row sees key 0: l_sum > 0
+    tl.store(
+        out_ptr + rows[:, None] * out_tok_stride + head * out_head_stride + ds[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=m_mask[:, None] & d_mask[None, :],
+    )
+
+
+def prefill_config(head_dim: int, dtype: torch.dtype) -> dict[str, int | bool | str]:
+    """Meta-parameters of the prefill kernel (shared with the AOT compile
+    check). As for decode: bf16 tiles are upcast under the interpreter
+    (triton#11584) and fp32 gets IEEE products; fp32 tiles are smaller so that
+    they stay in registers."""
+    fp32_dot = INTERPRET and dtype == torch.bfloat16
+    wide = dtype == torch.float32 or fp32_dot
+    return {
+        "BLOCK_M": 32 if wide else 64,
+        "BLOCK_N": 32 if wide else 64,
+        "BLOCK_D": max(16, next_power_of_2(head_dim)),
+        "FP32_DOT": fp32_dot,
+        "DOT_PRECISION": "ieee" if wide else "tf32",
+        # 8 warps: at 4, sm_80 spills (the fp32 accumulator tile and the scores need 255+ registers a thread).
+        "num_warps": 8,
+        "num_stages": 3,
+    }
+
+
+def paged_prefill_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float | None = None,
+    *,
+    max_query_len: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of each request's new tokens to its cached ones:
+    `(tokens, q_heads, head_dim)`. Requests of length 0 are skipped (their
+    rows are not written); `max_query_len` saves a device sync."""
+    check_tensor("query", query, ndim=3)
+    check_tensor("key_cache", key_cache, ndim=4)
+    check_tensor("value_cache", value_cache, ndim=4)
+    check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES)
+    check_tensor("query_start_loc", query_start_loc, ndim=1, dtypes=INDEX_DTYPES)
+    check_tensor("seq_lens", seq_lens, ndim=1, dtypes=INDEX_DTYPES)
+    check_same_device(
+        query=query,
+        key_cache=key_cache,
+        value_cache=value_cache,
+        block_tables=block_tables,
+        query_start_loc=query_start_loc,
+        seq_lens=seq_lens,
+    )
+    tokens, q_heads, head_dim = query.shape
+    page, kv_heads = key_cache.shape[1], key_cache.shape[2]
+    requests = seq_lens.shape[0]
+    check(key_cache.shape == value_cache.shape, "key_cache and value_cache shapes differ")
+    check(key_cache.shape[3] == head_dim, f"cache head_dim {key_cache.shape[3]} != query head_dim {head_dim}")
+    check(key_cache.dtype == value_cache.dtype == query.dtype, "query, key_cache and value_cache dtypes must match")
+    check(kv_heads > 0 and q_heads % kv_heads == 0, f"q_heads {q_heads} is not a multiple of kv_heads {kv_heads}")
+    check(
+        block_tables.shape[0] == requests and query_start_loc.shape[0] == requests + 1,
+        f"block_tables, query_start_loc and seq_lens disagree on the number of requests ({requests})",
+    )
+    check(
+        query.stride(2) == 1 and key_cache.stride(3) == 1 and value_cache.stride(3) == 1,
+        "head_dim must be contiguous in query and caches",
+    )
+    out = torch.empty_like(query) if out is None else out
+    check(
+        out.shape == query.shape and out.dtype == query.dtype and out.stride(2) == 1,
+        "out must match query's shape and dtype",
+    )
+    if tokens == 0 or requests == 0:
+        return out
+    if max_query_len is None:
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max().item())
+    scale = head_dim**-0.5 if scale is None else scale
+    cfg = prefill_config(head_dim, query.dtype)
+    grid = (triton.cdiv(max(max_query_len, 1), cfg["BLOCK_M"]), requests, q_heads)
+    _paged_prefill_kernel[grid](
+        query,
+        key_cache,
+        value_cache,
+        block_tables,
+        query_start_loc,
+        seq_lens,
+        out,
+        scale * LOG2E,
+        query.stride(0),
+        query.stride(1),
+        key_cache.stride(0),
+        key_cache.stride(1),
+        key_cache.stride(2),
+        value_cache.stride(0),
+        value_cache.stride(1),
+        value_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        head_dim,
+        q_heads // kv_heads,
+        PAGE=page,
+        **cfg,
+    )
+    return out
 
 
 def paged_prefill_attention_reference(
@@ -82,15 +298,14 @@ def paged_attention(
     kernel in one launch, the others through the prefill path."""
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # (requests,)
     decode = (q_lens == 1) & (seq_lens > 0)
-    triton = runs_triton(query)
+    use_triton = runs_triton(query)
     if bool(decode.any()):
         rows = query_start_loc[:-1][decode].long()  # each decode request's one query row
         args = (query[rows], key_cache, value_cache, block_tables[decode], seq_lens[decode], scale)
-        out[rows] = paged_decode_attention(*args) if triton else paged_decode_attention_reference(*args)
+        out[rows] = paged_decode_attention(*args) if use_triton else paged_decode_attention_reference(*args)
     prefill = (q_lens > 1) & (seq_lens > 0)
-    if bool(prefill.any()):  # the twin skips requests of length 0: decode rows stay as written above
+    if bool(prefill.any()):  # decode requests become requests of length 0, which both paths skip
         only = torch.where(prefill, seq_lens, torch.zeros_like(seq_lens))
-        paged_prefill_attention_reference(
-            query, key_cache, value_cache, block_tables, query_start_loc, only, scale, out=out
-        )
+        attend = paged_prefill_attention if use_triton else paged_prefill_attention_reference
+        attend(query, key_cache, value_cache, block_tables, query_start_loc, only, scale, out=out)
     return out

@@ -116,3 +116,33 @@ def test_split_kv_cache_views_vllms_cpu_layout() -> None:
     assert torch.equal(kv[1, :, 5, :head_dim], torch.ones(kv_heads, head_dim))
     assert torch.equal(kv[1, :, 5, head_dim:], 2 * torch.ones(kv_heads, head_dim))
     assert kv.sum() == 3 * kv_heads * head_dim  # nothing else was touched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_kernel_at_lemur_70b_shapes_with_a_long_prefix(dtype: torch.dtype) -> None:
+    """TP 8's per-GPU heads (8 query heads on 1 KV head, head_dim 128), a
+    chunk of 70 new tokens (three query tiles) after 230 cached ones spread
+    over 19 pages, beside a short whole prompt."""
+    from kernels.paged_prefill import paged_prefill_attention
+
+    requests = [(300, 70), (21, 21)]
+    (q, kc, vc, tables, starts, lens), keys, values = make_batch(requests, 8, 1, 128, 16, dtype, seed=5)
+    out = paged_prefill_attention(q, kc, vc, tables, starts, lens, 128**-0.5, max_query_len=70)
+    for r in range(len(requests)):
+        a, b = int(starts[r]), int(starts[r + 1])
+        assert_close(out[a:b].cpu(), dense_causal(q[a:b].cpu(), keys[r], values[r], 128**-0.5), dtype)
+
+
+def test_prefill_launcher_checks_its_inputs() -> None:
+    from kernels.common import KernelInputError
+    from kernels.paged_prefill import paged_prefill_attention
+
+    (q, kc, vc, tables, starts, lens), _, _ = make_batch([(10, 4)], 4, 2, 32, 16, torch.float32)
+    with pytest.raises(KernelInputError, match="multiple of kv_heads"):
+        paged_prefill_attention(q[:, :3], kc, vc, tables, starts, lens)
+    with pytest.raises(KernelInputError, match="number of requests"):
+        paged_prefill_attention(q, kc, vc, tables, starts[:1], lens)
+    with pytest.raises(KernelInputError, match="dtypes must match"):
+        paged_prefill_attention(q.half(), kc, vc, tables, starts, lens)
+    with pytest.raises(KernelInputError, match="block_tables"):
+        paged_prefill_attention(q, kc, vc, tables.float(), starts, lens)
