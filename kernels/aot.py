@@ -100,13 +100,14 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
                              {"slot_ptr": "i64"})  # fmt: skip
             cfg = paged_attention.decode_config(q_heads // kv_heads, m["head_dim"], dtype)
             warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-            for split in (False, True):
-                ptrs = {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"}
+            for split, fused in ((False, False), (True, False), (True, True)):
+                ptrs = {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32", "counter_ptr": "i32"}
                 if split:
                     ptrs["out_ptr"] = "fp32"
-                label = f"paged_decode[{name},tp={tp},split={split}]"
+                label = f"paged_decode[{name},tp={tp},split={split}" + (",fused]" if fused else "]")
                 yield KernelSpec(label, paged_attention._paged_decode_kernel, dtype,
-                                 {**cfg, "PAGE": 16, "SPLIT": split}, warps, ptrs, num_stages=stages)  # fmt: skip
+                                 {**cfg, "PAGE": 16, "SPLIT": split, "FUSED": fused}, warps, ptrs,
+                                 num_stages=stages)  # fmt: skip
         for block_s in (2, 16, paged_attention.MAX_SPLITS):
             yield KernelSpec(f"merge_splits[{name},splits<={block_s}]", paged_attention._merge_splits_kernel, dtype,
                              {"BLOCK_S": block_s, "BLOCK_D": m["head_dim"]}, 4,
@@ -119,8 +120,8 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
     cfg = paged_attention.decode_config(8, m["head_dim"], torch.float32)
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
     yield KernelSpec("paged_decode[fp32,tp=8,split=False]", paged_attention._paged_decode_kernel, torch.float32,
-                     {**cfg, "PAGE": 16, "SPLIT": False}, warps,
-                     {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32"},
+                     {**cfg, "PAGE": 16, "SPLIT": False, "FUSED": False}, warps,
+                     {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32", "counter_ptr": "i32"},
                      num_stages=stages)  # fmt: skip
 
 

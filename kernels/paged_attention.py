@@ -55,6 +55,8 @@ def _paged_decode_kernel(
     seq_lens_ptr,
     out_ptr,  # (seqs, q_heads, head_dim), or partials (seqs, q_heads, splits, head_dim) when SPLIT
     lse_ptr,  # (seqs, q_heads, splits) fp32, written only when SPLIT
+    merged_ptr,  # (seqs, q_heads, head_dim): the merged output, written only when FUSED
+    counter_ptr,  # (seqs, kv_heads) int32 zeros: splits finished, used only when FUSED (reset to 0 after)
     qk_scale,  # softmax scale * log2(e)
     q_seq_stride,
     q_head_stride,
@@ -70,6 +72,8 @@ def _paged_decode_kernel(
     out_split_stride,
     lse_seq_stride,
     lse_head_stride,
+    merged_seq_stride,
+    merged_head_stride,
     head_dim,
     group,
     tokens_per_split,
@@ -80,6 +84,7 @@ def _paged_decode_kernel(
     BLOCK_D: tl.constexpr,
     TILE_N: tl.constexpr,
     SPLIT: tl.constexpr,
+    FUSED: tl.constexpr,
     FP32_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -139,6 +144,40 @@ def _paged_decode_kernel(
         lse = tl.where(l_sum > 0, m + tl.log2(safe_l), float("-inf"))
         tl.store(lse_ptr + seq * lse_seq_stride + q_heads * lse_head_stride + split, lse, mask=h_mask)
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_mask[:, None] & d_mask[None, :])
+    if FUSED:
+        # The last split of this (sequence, KV head) to finish merges all of them: no second launch.
+        # acq_rel: this program's partials are visible before it is counted, and the others' after.
+        counter = counter_ptr + seq * tl.num_programs(1) + kv_head
+        if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
+            _merge_group(out_ptr, lse_ptr, merged_ptr, seq, q_heads, hs, ds, h_mask, d_mask, num_splits,
+                         out_seq_stride, out_head_stride, out_split_stride, lse_seq_stride, lse_head_stride,
+                         merged_seq_stride, merged_head_stride, BLOCK_H, BLOCK_D)  # fmt: skip
+            tl.atomic_xchg(counter, 0)  # ready for the next launch (a replayed CUDA graph reuses the buffer)
+
+
+@triton.jit
+def _merge_group(partial_ptr, lse_ptr, merged_ptr, seq, q_heads, hs, ds, h_mask, d_mask, num_splits,
+                 p_seq_stride, p_head_stride, p_split_stride, lse_seq_stride, lse_head_stride,
+                 merged_seq_stride, merged_head_stride, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """A GQA group's partial outputs merged by their log-sum-exp, one split at a
+    time (the group x splits x head_dim block would not fit in registers)."""
+    lse_row = lse_ptr + seq * lse_seq_stride + q_heads * lse_head_stride  # (BLOCK_H,) pointers
+    lse_max = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    for s in range(num_splits):
+        lse_max = tl.maximum(lse_max, tl.load(lse_row + s, mask=h_mask, other=float("-inf"), cache_modifier=".cg"))
+    total = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    parts = partial_ptr + seq * p_seq_stride + q_heads[:, None] * p_head_stride + ds[None, :]
+    for s in range(num_splits):
+        lse = tl.load(lse_row + s, mask=h_mask, other=float("-inf"), cache_modifier=".cg")
+        weight = tl.where(lse > float("-inf"), tl.exp2(lse - lse_max), 0.0)  # an empty split weighs 0
+        part = tl.load(parts + s * p_split_stride, mask=h_mask[:, None] & d_mask[None, :], other=0.0,
+                       cache_modifier=".cg")  # fmt: skip
+        acc += part * weight[:, None]
+        total += weight
+    out = acc / tl.where(total > 0, total, 1.0)[:, None]
+    tl.store(merged_ptr + seq * merged_seq_stride + q_heads[:, None] * merged_head_stride + ds[None, :],
+             out.to(merged_ptr.dtype.element_ty), mask=h_mask[:, None] & d_mask[None, :])  # fmt: skip
 
 
 @triton.jit
@@ -245,10 +284,16 @@ def paged_decode_attention(
     num_splits: int | None = None,
     tile_n: int = 64,
     out: torch.Tensor | None = None,
+    fused_merge: bool = True,
+    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention output `(seqs, q_heads, head_dim)`. `num_splits=None` picks
     split-K automatically (1 = the single-pass kernel); `max_seq_len` saves a
-    device sync when the caller knows it."""
+    device sync when the caller knows it. Split-K merges inside the decode
+    kernel (the last split of each group merges); `fused_merge=False` runs the
+    two-kernel version (decode, then a merge launch), kept as its twin.
+    `counters`: int32 zeros of at least (seqs, kv_heads) for the fused merge,
+    left zeroed (a CUDA graph's preallocated buffer); by default allocated."""
     check_tensor("query", query, ndim=3)
     check_tensor("key_cache", key_cache, ndim=4)
     check_tensor("value_cache", value_cache, ndim=4)
@@ -297,25 +342,31 @@ def paged_decode_attention(
     )  # fmt: skip
     if splits == 1:
         _paged_decode_kernel[(seqs, kv_heads, 1)](
-            query, key_cache, value_cache, block_tables, seq_lens, out, out, scale * LOG2E,
-            *common, out.stride(0), out.stride(1), 0, 0, 0,
-            head_dim, group, tokens_per_split, 1, max_tokens, PAGE=page, SPLIT=False, **cfg,
+            query, key_cache, value_cache, block_tables, seq_lens, out, out, out, seq_lens, scale * LOG2E,
+            *common, out.stride(0), out.stride(1), 0, 0, 0, 0, 0,
+            head_dim, group, tokens_per_split, 1, max_tokens, PAGE=page, SPLIT=False, FUSED=False, **cfg,
         )  # fmt: skip
         return out
 
     partial = torch.empty((seqs, q_heads, splits, head_dim), dtype=torch.float32, device=query.device)
     lse = torch.empty((seqs, q_heads, splits), dtype=torch.float32, device=query.device)
+    if counters is None:
+        counters = torch.zeros((seqs, kv_heads), dtype=torch.int32, device=query.device)
+    check(counters.dtype == torch.int32 and counters.is_contiguous() and counters.numel() >= seqs * kv_heads,
+          f"counters must be contiguous int32 with at least {seqs * kv_heads} entries")  # fmt: skip
     _paged_decode_kernel[(seqs, kv_heads, splits)](
-        query, key_cache, value_cache, block_tables, seq_lens, partial, lse, scale * LOG2E,
+        query, key_cache, value_cache, block_tables, seq_lens, partial, lse, out, counters, scale * LOG2E,
         *common, partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        head_dim, group, tokens_per_split, splits, max_tokens, PAGE=page, SPLIT=True, **cfg,
-    )  # fmt: skip
-    _merge_splits_kernel[(seqs, q_heads)](
-        partial, lse, out, splits, head_dim,
-        partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_S=next_power_of_2(splits), BLOCK_D=next_power_of_2(head_dim),
+        head_dim, group, tokens_per_split, splits, max_tokens, PAGE=page, SPLIT=True, FUSED=fused_merge, **cfg,
     )  # fmt: skip
+    if not fused_merge:
+        _merge_splits_kernel[(seqs, q_heads)](
+            partial, lse, out, splits, head_dim,
+            partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
+            out.stride(0), out.stride(1),
+            BLOCK_S=next_power_of_2(splits), BLOCK_D=next_power_of_2(head_dim),
+        )  # fmt: skip
     return out
 
 

@@ -149,3 +149,20 @@ def test_interpreter_bf16_dot_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     q, kc, vc, tables, lens = make_case([57, 96], 6, 2, 32, 16, torch.bfloat16)
     expected = pa.paged_decode_attention_reference(q, kc, vc, tables, lens)
     assert_close(pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=1, tile_n=16), expected, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("splits", [2, 5, 40])
+def test_fused_merge_equals_the_two_kernel_version(dtype: torch.dtype, splits: int) -> None:
+    """The last split of each group merges inside the decode kernel; the
+    separate merge launch is its twin. 40 splits of short sequences leave some
+    empty. Preallocated counters are left at zero, ready for the next launch."""
+    q, kc, vc, tables, lens = make_case([700, 33, 1, 260], 8, 2, 64, 16, dtype, seed=11)
+    counters = torch.zeros(4, 2, dtype=torch.int32, device=DEVICE)
+    fused = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, counters=counters)
+    assert torch.equal(counters, torch.zeros_like(counters))
+    again = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, counters=counters)
+    two = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, fused_merge=False)
+    assert torch.equal(fused, again)
+    assert_close(fused, two, dtype, tol_scale=0.1)
+    assert_attention_close(fused, pa.paged_decode_attention_reference(q, kc, vc, tables, lens), dtype)
