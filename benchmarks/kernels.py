@@ -11,7 +11,11 @@ case is also checked against the twin, so a fast wrong kernel cannot report.
     TRITON_INTERPRET=1 python benchmarks/kernels.py --smoke   # CPU: tiny shapes, checks the script itself
 
 Goals (issue 6): paged decode >= 80 % of copy bandwidth at context >= 2048 and
-batch >= 32; fused add-RMSNorm >= 85 %.
+batch >= 32; fused add-RMSNorm >= 85 %. Issue 16 adds prefill (whole prompts
+and chunks after a cached prefix) and mixed batches (a prefill chunk among
+decode requests, the LEMUR backend's dispatch), reported in TFLOP/s against
+vLLM's FlashAttention (varlen, paged) and its Triton unified attention where
+installed; goal: prefill within 10 % of FlashAttention.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 # put the repository (with the kernels package) in front of it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
+from kernels import activation, kv_cache, paged_attention, paged_prefill, rmsnorm, rotary
 from kernels.common import INTERPRET
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, HEAD_DIM, PAGE = 8192, 28672, 64, 8, 128, 16
@@ -54,6 +58,8 @@ class Row:
     max_err: float | None  # None: the twin did not fit in memory for this shape
     graph_ms: float | None = None  # CUDA-graph replay, cold L2: the kernel without launch overhead
     graph_pct_copy: float | None = None
+    tflops: float | None = None  # attention rows: useful FLOP/s (causal pairs only)
+    vs_vllm_triton: float | None = None  # vLLM's Triton unified attention time / ours
 
 
 def bench(fn: Callable[[], object], device: torch.device) -> float:
@@ -141,17 +147,13 @@ class Runner:
         self.device, self.copy_gbps, self.rows = device, copy_gbps, []
 
     def add(self, op: str, shape: str, nbytes: int, err: float | None, ours: Callable[[], object],
-            twin: Callable[[], object] | None, vllm: Callable[[], object] | None) -> None:  # fmt: skip
+            twin: Callable[[], object] | None, vllm: Callable[[], object] | None,
+            flops: float | None = None, vllm_triton: Callable[[], object] | None = None) -> None:  # fmt: skip
         """`err`: max |ours - twin| from a check on fresh inputs (in-place ops
         change their inputs, so the timed closures cannot be compared)."""
         torch_ms = bench(twin, self.device) if twin is not None else None
         ms = bench(ours, self.device)
-        vllm_ms = None
-        if vllm is not None:
-            try:
-                vllm_ms = bench(vllm, self.device)
-            except Exception as e:  # report, don't hide: the column says n/a
-                print(f"  vLLM {op} {shape}: {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)
+        vllm_ms, triton_ms = self.other(op, shape, vllm), self.other(op, shape, vllm_triton)
         graph_ms = None
         try:
             graph_ms = bench_graph(ours, self.device)
@@ -161,9 +163,20 @@ class Runner:
         graph_pct = 100 * nbytes / graph_ms / 1e6 / self.copy_gbps if graph_ms else None
         row = Row(op, shape, ms, nbytes / 1e9, gbps, 100 * gbps / self.copy_gbps,
                   torch_ms / ms if torch_ms else None, vllm_ms / ms if vllm_ms else None, err,
-                  graph_ms, graph_pct)  # fmt: skip
+                  graph_ms, graph_pct, flops / ms / 1e9 if flops else None,
+                  triton_ms / ms if triton_ms else None)  # fmt: skip
         self.rows.append(row)
         print(format_row(row), flush=True)
+
+    def other(self, op: str, shape: str, fn: Callable[[], object] | None) -> float | None:
+        """A comparison's time, or None when it is not installed or fails (reported, not hidden)."""
+        if fn is None:
+            return None
+        try:
+            return bench(fn, self.device)
+        except Exception as e:
+            print(f"  vLLM {op} {shape}: {type(e).__name__}: {str(e)[:120]}", file=sys.stderr)
+            return None
 
 
 def checked(op: str, actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -287,6 +300,88 @@ def decode_cases(r: Runner, batches: list[int], contexts: list[int], tps: list[i
                 del kcache, vcache
 
 
+# Whole prompts, a chunk after a long cached prefix (chunked prefill), and a
+# chunk among decode requests (what a serving step under load looks like).
+PREFILL_SHAPES = {
+    "1 x prompt 2048": [(2048, 2048)],
+    "8 x prompt 512": [(512, 512)] * 8,
+    "4 x prompt 4096": [(4096, 4096)] * 4,
+    "chunk 512 after 3584": [(4096, 512)],
+    "chunk 512 + 63 decodes at 2048": [(2560, 512)] + [(2048, 1)] * 63,
+}
+
+
+def paged_batch(requests: list[tuple[int, int]], hq: int, hk: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """(seq_len, new tokens) per request: queries, scattered pages, tables, offsets, lengths."""
+    pages = [-(-seq_len // PAGE) for seq_len, _ in requests]
+    num_blocks = sum(pages) + 1
+    kcache = randn(num_blocks, PAGE, hk, HEAD_DIM, device=dev)
+    vcache = randn(num_blocks, PAGE, hk, HEAD_DIM, device=dev)
+    order = torch.randperm(num_blocks, device=dev)
+    tables = torch.zeros(len(requests), max(pages), dtype=torch.int32, device=dev)
+    used = 0
+    for i, n in enumerate(pages):
+        tables[i, :n] = order[used : used + n].int()
+        used += n
+    q = randn(sum(q_len for _, q_len in requests), hq, HEAD_DIM, device=dev)
+    starts = torch.tensor([0, *torch.tensor([q for _, q in requests]).cumsum(0).tolist()], dtype=torch.int32)
+    lens = torch.tensor([seq_len for seq_len, _ in requests], dtype=torch.int32)
+    return q, kcache, vcache, tables, starts.to(dev), lens.to(dev)
+
+
+def causal_flops(requests: list[tuple[int, int]], hq: int) -> float:
+    """QK^T and PV, 2 x 2 x head_dim FLOPs per (query, visible key) pair: new token
+    i of a chunk after `context` cached ones sees context + i + 1 keys."""
+    pairs = sum(q * (s - q) + q * (q + 1) // 2 for s, q in requests)
+    return 4.0 * HEAD_DIM * hq * pairs
+
+
+def vllm_attention_ops() -> tuple[Callable | None, Callable | None]:
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func
+    except Exception:
+        flash_attn_varlen_func = None
+    try:
+        from vllm.v1.attention.ops.triton_unified_attention import unified_attention
+    except Exception:
+        unified_attention = None
+    return flash_attn_varlen_func, unified_attention
+
+
+def prefill_cases(r: Runner, shapes: dict[str, list[tuple[int, int]]], tps: list[int], twin_limit_gb: float) -> None:
+    """Prefill-only shapes time the prefill kernel alone (graph-capturable);
+    shapes with decode requests time the backend's dispatch of a mixed batch."""
+    dev, el = r.device, torch.tensor([], dtype=DTYPE).element_size()
+    fa, ua = vllm_attention_ops() if dev.type == "cuda" else (None, None)
+    for tp in tps:
+        hq, hk = HEADS // tp, KV_HEADS // tp
+        for label, requests in shapes.items():
+            q, kcache, vcache, tables, starts, lens = paged_batch(requests, hq, hk, dev)
+            scale, max_q, max_k = HEAD_DIM**-0.5, max(x for _, x in requests), max(x for x, _ in requests)
+            out = torch.empty_like(q)
+            mixed = any(q_len == 1 for _, q_len in requests)
+            args = (q, kcache, vcache, tables, starts, lens, scale)
+            if mixed:
+                ours = partial(paged_prefill.paged_attention, *args, out)
+            else:
+                ours = partial(paged_prefill.paged_prefill_attention, *args, max_query_len=max_q, out=out)
+            twin_gb = sum(s for s, _ in requests) * hq * HEAD_DIM * 8 / 1e9 + max_q * max_k * hq * 8 / 1e9
+            twin = partial(paged_prefill.paged_prefill_attention_reference, *args) if twin_gb < twin_limit_gb else None
+            err = checked(label, ours(), twin()) if twin is not None else None
+            fa_fn = ua_fn = None
+            if fa is not None:
+                fa_fn = partial(fa, q, kcache, vcache, max_q, starts, max_k, seqused_k=lens, softmax_scale=scale,
+                                causal=True, block_table=tables, out=torch.empty_like(q))  # fmt: skip
+            if ua is not None:
+                ua_fn = partial(ua, q, kcache, vcache, torch.empty_like(q), starts, max_q, lens, max_k, scale, True,
+                                (-1, -1), tables, 0, None, None, None)  # fmt: skip
+            nbytes = (sum(s for s, _ in requests) * hk * HEAD_DIM * 2 + 2 * q.numel()) * el
+            shape = f"{label} Hq={hq} Hkv={hk} (TP{tp})"
+            op = "mixed_batch" if mixed else "paged_prefill"
+            r.add(op, shape, nbytes, err, ours, twin, fa_fn, causal_flops(requests, hq), ua_fn)
+            del kcache, vcache
+
+
 def fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -295,7 +390,8 @@ def format_row(row: Row) -> str:
     graph_us = row.graph_ms * 1e3 if row.graph_ms else None
     return (f"| {row.op} | {row.shape} | {row.ms * 1e3:.1f} | {row.gbps:.0f} | {row.pct_copy:.0f} % | "
             f"{fmt(graph_us, '.1f')} | {fmt(row.graph_pct_copy, '.0f')} | "
-            f"{fmt(row.vs_torch, '.2f')} | {fmt(row.vs_vllm, '.2f')} | {fmt(row.max_err, '.1e')} |")  # fmt: skip
+            f"{fmt(row.vs_torch, '.2f')} | {fmt(row.vs_vllm, '.2f')} | {fmt(row.max_err, '.1e')} | "
+            f"{fmt(row.tflops, '.1f')} | {fmt(row.vs_vllm_triton, '.2f')} |")  # fmt: skip
 
 
 def goal_lines(rows: list[Row]) -> list[str]:
@@ -316,6 +412,10 @@ def goal_lines(rows: list[Row]) -> list[str]:
             worst = min(r.graph_pct_copy or r.pct_copy for r in subset)
             lines.append(f"goal {name}: worst {worst:.0f} % of copy bandwidth (goal {goal} %): "
                          f"{'met' if worst >= goal else 'NOT met'}")  # fmt: skip
+    prefill = [r.vs_vllm for r in rows if r.op == "paged_prefill" and r.vs_vllm is not None]
+    if prefill:  # vs_vllm: FlashAttention's time / ours; within 10 %: >= 0.9
+        lines.append(f"goal prefill within 10 % of FlashAttention: worst {min(prefill):.2f}x (goal 0.90x): "
+                     f"{'met' if min(prefill) >= 0.9 else 'NOT met'}")  # fmt: skip
     return lines
 
 
@@ -337,17 +437,20 @@ def main(argv: list[str] | None = None) -> int:
     copy_gbps = copy_bandwidth(device, 1 << 22 if args.smoke else 1 << 30)
     print(f"# {name}, {date.today()}, torch {torch.__version__}; device-to-device copy: {copy_gbps:.0f} GB/s\n")
     print("| op | shape | time (us) | GB/s | % of copy | graph time (us) | graph % of copy | vs torch twin "
-          "| vs vLLM op | max err |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| vs vLLM op (FlashAttention) | max err | TFLOP/s | vs vLLM Triton |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     r = Runner(device, copy_gbps)
     if args.smoke:
         norm_and_act_cases(r, [3], [8], hidden=256, inter=1024)
         rotary_and_kv_cases(r, [5], [8], heads=16, kv_heads=8)
         decode_cases(r, [2], [64], [8], args.twin_limit_gb)
+        prefill_cases(r, {"prompt 40": [(40, 40)], "chunk 24 after 40 + 2 decodes": [(64, 24), (33, 1), (70, 1)]},
+                      [8], args.twin_limit_gb)  # fmt: skip
     else:
         norm_and_act_cases(r, [1, 32, 256, 4096, 16384], [4, 8], HIDDEN, INTERMEDIATE)
         rotary_and_kv_cases(r, [1, 32, 256, 4096], [4, 8], HEADS, KV_HEADS)
         decode_cases(r, [1, 8, 32, 64, 128, 256], [512, 1024, 2048, 4096], [4, 8], args.twin_limit_gb)
+        prefill_cases(r, PREFILL_SHAPES, [4, 8], args.twin_limit_gb)
     print()
     for line in goal_lines(r.rows):
         print(line)

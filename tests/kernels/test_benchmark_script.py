@@ -18,7 +18,8 @@ def test_kernel_benchmark_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())["rows"]
     assert {r["op"] for r in rows} == {"fused_add_rmsnorm", "rmsnorm", "silu_and_mul", "rotary_neox (+copy)",
-                                       "write_kv", "paged_decode"}  # fmt: skip
+                                       "write_kv", "paged_decode", "paged_prefill", "mixed_batch"}  # fmt: skip
     for row in rows:
         assert row["ms"] > 0 and row["gbps"] > 0
         assert row["max_err"] <= 0.05  # checked against the twin before timing (bf16)
+        assert (row["tflops"] is not None) == (row["op"] in ("paged_prefill", "mixed_batch"))
