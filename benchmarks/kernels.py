@@ -362,7 +362,7 @@ def prefill_cases(r: Runner, shapes: dict[str, list[tuple[int, int]]], tps: list
             mixed = any(q_len == 1 for _, q_len in requests)
             args = (q, kcache, vcache, tables, starts, lens, scale)
             if mixed:
-                ours = partial(paged_prefill.paged_attention, *args, out)
+                ours = partial(paged_prefill.paged_attention, *args, out, max_query_len=max_q, max_seq_len=max_k)
             else:
                 ours = partial(paged_prefill.paged_prefill_attention, *args, max_query_len=max_q, out=out)
             twin_gb = sum(s for s, _ in requests) * hq * HEAD_DIM * 8 / 1e9 + max_q * max_k * hq * 8 / 1e9

@@ -19,8 +19,23 @@ value caches (no copy). LEMUR writes the cache itself, so the layout inside a
 page is ours, not the packed one of vLLM's C++ CPU kernels.
 
 On CPUs the kernels run as Triton under TRITON_INTERPRET=1, else as their
-torch twins. The CUDA class (registered as CUSTOM, with graph-capture-safe
-buffers) is the next step of issue 16.
+torch twins.
+
+CUDA graphs (the design the CUDA class, registered as CUSTOM, will follow;
+the host side is already written this way and tested in
+tests/kernels/test_graph_safety.py):
+- A step is one attention launch chosen from host-side integers vLLM's
+  metadata already carries (`max_query_len`, `max_seq_len`, the number of
+  requests): decode-only batches (what vLLM captures) take the paged decode
+  kernel, anything else the prefill kernel. No `.item()`, `.tolist()`,
+  `.cpu()` or `bool(tensor)` on the way, so nothing waits for the device.
+- The split count comes from (captured batch size, max_seq_len) on the host,
+  so it is fixed per captured batch size; a replay with longer sequences
+  loses no tokens (the last split always runs to the sequence's end).
+- Split-K partials, log-sum-exps and the fused merge's counters live in a
+  `DecodeWorkspace` allocated once (per KV-cache group, by the metadata
+  builder) for max_num_seqs x MAX_SPLITS; the fused merge leaves the counters
+  at zero, so every replay starts clean. `forward` allocates nothing.
 """
 
 from __future__ import annotations
@@ -82,6 +97,8 @@ class LemurCPUAttentionImpl(CPUAttentionBackendImpl):
             attn_metadata.seq_lens,
             self.scale,
             output[:n],
+            max_query_len=attn_metadata.max_query_len,
+            max_seq_len=attn_metadata.max_seq_len,
         )
         return output
 

@@ -22,6 +22,8 @@ kernel merges their partial outputs by their log-sum-exp.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -216,6 +218,33 @@ def _merge_splits_kernel(
              mask=ds < head_dim)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class DecodeWorkspace:
+    """Split-K buffers, allocated once: a captured CUDA graph replays fixed
+    addresses, and `forward` must not allocate. The fused merge leaves the
+    counters at zero after every launch."""
+
+    partial: torch.Tensor  # (max_seqs, q_heads, max_splits, head_dim) fp32
+    lse: torch.Tensor  # (max_seqs, q_heads, max_splits) fp32
+    counters: torch.Tensor  # (max_seqs * kv_heads,) int32
+
+    @classmethod
+    def allocate(cls, max_seqs: int, q_heads: int, kv_heads: int, head_dim: int, device: torch.device,
+                 max_splits: int = MAX_SPLITS) -> DecodeWorkspace:  # fmt: skip
+        f32 = {"dtype": torch.float32, "device": device}
+        return cls(torch.empty((max_seqs, q_heads, max_splits, head_dim), **f32),
+                   torch.empty((max_seqs, q_heads, max_splits), **f32),
+                   torch.zeros(max_seqs * kv_heads, dtype=torch.int32, device=device))  # fmt: skip
+
+    def views(self, seqs: int, q_heads: int, kv_heads: int, head_dim: int, splits: int) -> tuple[torch.Tensor, ...]:
+        max_seqs, ws_heads, max_splits, ws_dim = self.partial.shape
+        check((ws_heads, ws_dim) == (q_heads, head_dim) and self.counters.numel() == max_seqs * kv_heads,
+              f"workspace is for {ws_heads} heads of {ws_dim}, not {q_heads} of {head_dim}")  # fmt: skip
+        check(seqs <= max_seqs and splits <= max_splits,
+              f"workspace holds {max_seqs} sequences x {max_splits} splits, asked for {seqs} x {splits}")  # fmt: skip
+        return self.partial[:seqs, :, :splits], self.lse[:seqs, :, :splits], self.counters
+
+
 def decode_config(group: int, head_dim: int, dtype: torch.dtype, tile_n: int = 64) -> dict[str, int | bool]:
     """Meta-parameters of the decode kernel (shared with the AOT compile check).
     The interpreter computes bf16 `tl.dot` wrongly (triton#11584), so there the
@@ -285,15 +314,15 @@ def paged_decode_attention(
     tile_n: int = 64,
     out: torch.Tensor | None = None,
     fused_merge: bool = True,
-    counters: torch.Tensor | None = None,
+    workspace: DecodeWorkspace | None = None,
 ) -> torch.Tensor:
     """Attention output `(seqs, q_heads, head_dim)`. `num_splits=None` picks
     split-K automatically (1 = the single-pass kernel); `max_seq_len` saves a
     device sync when the caller knows it. Split-K merges inside the decode
     kernel (the last split of each group merges); `fused_merge=False` runs the
     two-kernel version (decode, then a merge launch), kept as its twin.
-    `counters`: int32 zeros of at least (seqs, kv_heads) for the fused merge,
-    left zeroed (a CUDA graph's preallocated buffer); by default allocated."""
+    `workspace`: split-K buffers allocated once (CUDA graphs); without it
+    they are allocated per call."""
     check_tensor("query", query, ndim=3)
     check_tensor("key_cache", key_cache, ndim=4)
     check_tensor("value_cache", value_cache, ndim=4)
@@ -348,12 +377,9 @@ def paged_decode_attention(
         )  # fmt: skip
         return out
 
-    partial = torch.empty((seqs, q_heads, splits, head_dim), dtype=torch.float32, device=query.device)
-    lse = torch.empty((seqs, q_heads, splits), dtype=torch.float32, device=query.device)
-    if counters is None:
-        counters = torch.zeros((seqs, kv_heads), dtype=torch.int32, device=query.device)
-    check(counters.dtype == torch.int32 and counters.is_contiguous() and counters.numel() >= seqs * kv_heads,
-          f"counters must be contiguous int32 with at least {seqs * kv_heads} entries")  # fmt: skip
+    if workspace is None:
+        workspace = DecodeWorkspace.allocate(seqs, q_heads, kv_heads, head_dim, query.device, max_splits=splits)
+    partial, lse, counters = workspace.views(seqs, q_heads, kv_heads, head_dim, splits)
     _paged_decode_kernel[(seqs, kv_heads, splits)](
         query, key_cache, value_cache, block_tables, seq_lens, partial, lse, out, counters, scale * LOG2E,
         *common, partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),

@@ -22,8 +22,8 @@ request's length exit at once, so one launch covers a varlen batch. The heads
 of a GQA group re-read their K/V tiles; prefill is compute bound, and a
 group-packed variant is an optimisation for later.
 
-`paged_attention` is the entry point for a mixed batch: decode requests
-through the paged decode kernel in one launch, the others through this one.
+`paged_attention` is the entry point for one engine step: decode-only
+batches through the paged decode kernel, any other batch through this one.
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ import triton
 import triton.language as tl
 
 from kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, check_tensor, next_power_of_2, runs_triton
-from kernels.paged_attention import LOG2E, paged_decode_attention, paged_decode_attention_reference
+from kernels.paged_attention import (
+    LOG2E,
+    DecodeWorkspace,
+    paged_decode_attention,
+    paged_decode_attention_reference,
+)
 
 
 @triton.jit
@@ -293,19 +298,46 @@ def paged_attention(
     seq_lens: torch.Tensor,
     scale: float,
     out: torch.Tensor,
+    *,
+    max_query_len: int,
+    max_seq_len: int,
+    workspace: DecodeWorkspace | None = None,
 ) -> torch.Tensor:
-    """A mixed batch: decode requests (one new token) through the paged decode
-    kernel in one launch, the others through the prefill path."""
-    q_lens = query_start_loc[1:] - query_start_loc[:-1]  # (requests,)
-    decode = (q_lens == 1) & (seq_lens > 0)
-    use_triton = runs_triton(query)
-    if bool(decode.any()):
-        rows = query_start_loc[:-1][decode].long()  # each decode request's one query row
-        args = (query[rows], key_cache, value_cache, block_tables[decode], seq_lens[decode], scale)
-        out[rows] = paged_decode_attention(*args) if use_triton else paged_decode_attention_reference(*args)
-    prefill = (q_lens > 1) & (seq_lens > 0)
-    if bool(prefill.any()):  # decode requests become requests of length 0, which both paths skip
-        only = torch.where(prefill, seq_lens, torch.zeros_like(seq_lens))
-        attend = paged_prefill_attention if use_triton else paged_prefill_attention_reference
-        attend(query, key_cache, value_cache, block_tables, query_start_loc, only, scale, out=out)
-    return out
+    """One step's attention from the host-side maxima vLLM's metadata carries,
+    with no device sync (a CUDA graph can capture it):
+    - a decode-only batch (max_query_len 1, one row per request): the paged
+      decode kernel, split-K sized from (requests, max_seq_len) alone;
+    - any other batch: the prefill kernel over every request (a decode request
+      is a prefill of length 1), one launch.
+    Padded requests (length 0) are skipped."""
+    decode_only = max_query_len == 1 and query.shape[0] == seq_lens.shape[0]
+    if not runs_triton(query):  # the torch twins (CPU without the interpreter)
+        if decode_only:
+            out.copy_(paged_decode_attention_reference(query, key_cache, value_cache, block_tables, seq_lens, scale))
+            return out
+        return paged_prefill_attention_reference(
+            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, out=out
+        )
+    if decode_only:
+        return paged_decode_attention(
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            seq_lens,
+            scale,
+            max_seq_len=max_seq_len,
+            out=out,
+            workspace=workspace,
+        )
+    return paged_prefill_attention(
+        query,
+        key_cache,
+        value_cache,
+        block_tables,
+        query_start_loc,
+        seq_lens,
+        scale,
+        max_query_len=max_query_len,
+        out=out,
+    )

@@ -158,10 +158,10 @@ def test_fused_merge_equals_the_two_kernel_version(dtype: torch.dtype, splits: i
     separate merge launch is its twin. 40 splits of short sequences leave some
     empty. Preallocated counters are left at zero, ready for the next launch."""
     q, kc, vc, tables, lens = make_case([700, 33, 1, 260], 8, 2, 64, 16, dtype, seed=11)
-    counters = torch.zeros(4, 2, dtype=torch.int32, device=DEVICE)
-    fused = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, counters=counters)
-    assert torch.equal(counters, torch.zeros_like(counters))
-    again = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, counters=counters)
+    workspace = pa.DecodeWorkspace.allocate(6, 8, 2, 64, q.device)  # room for more than this batch
+    fused = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, workspace=workspace)
+    assert torch.equal(workspace.counters, torch.zeros_like(workspace.counters))
+    again = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, workspace=workspace)
     two = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=splits, tile_n=16, fused_merge=False)
     assert torch.equal(fused, again)
     assert_close(fused, two, dtype, tol_scale=0.1)

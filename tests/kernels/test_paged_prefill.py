@@ -84,7 +84,8 @@ def test_mixed_batch_equals_dense_causal_attention(
     (q, kc, vc, tables, starts, lens), keys, values = make_batch(requests, q_heads, kv_heads, 32, page, dtype)
     scale = 32**-0.5
     out = torch.full_like(q, float("nan"))
-    paged_attention(q, kc, vc, tables, starts, lens, scale, out)
+    maxima = {"max_query_len": max(x for _, x in requests), "max_seq_len": max(x for x, _ in requests)}
+    paged_attention(q, kc, vc, tables, starts, lens, scale, out, **maxima)
     for r, (_, q_len) in enumerate(requests):
         a, b = int(starts[r]), int(starts[r + 1])
         if q_len == 0:
