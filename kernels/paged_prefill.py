@@ -36,6 +36,7 @@ from kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, ch
 from kernels.paged_attention import (
     LOG2E,
     DecodeWorkspace,
+    _load_page_tile,
     paged_decode_attention,
     paged_decode_attention_reference,
 )
@@ -106,17 +107,8 @@ def _paged_prefill_kernel(
         pages = tl.load(bt_row + ns // PAGE, mask=n_mask, other=0).to(tl.int64)
         slots = ns % PAGE
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(
-            k_cache_ptr
-            + pages[:, None] * k_block_stride
-            + slots[:, None] * k_tok_stride
-            + kv_head * k_head_stride
-            + ds[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
-        if FP32_DOT:
-            k = k.to(tl.float32)
+        k = _load_page_tile(k_cache_ptr, pages, slots, kv_head, ds, kv_mask,
+                            k_block_stride, k_tok_stride, k_head_stride, FP32_DOT)  # fmt: skip
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N) fp32
         causal = (context + ms)[:, None] >= ns[None, :]
         qk = tl.where(causal & n_mask[None, :], qk, float("-inf"))
@@ -124,17 +116,8 @@ def _paged_prefill_kernel(
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_sum = l_sum * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_cache_ptr
-            + pages[:, None] * v_block_stride
-            + slots[:, None] * v_tok_stride
-            + kv_head * v_head_stride
-            + ds[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
-        if FP32_DOT:
-            v = v.to(tl.float32)
+        v = _load_page_tile(v_cache_ptr, pages, slots, kv_head, ds, kv_mask,
+                            v_block_stride, v_tok_stride, v_head_stride, FP32_DOT)  # fmt: skip
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m = m_new
 
