@@ -35,7 +35,9 @@ tests/kernels/test_graph_safety.py):
 - Split-K partials, log-sum-exps and the fused merge's counters live in a
   `DecodeWorkspace` allocated once (per KV-cache group, by the metadata
   builder) for max_num_seqs x MAX_SPLITS; the fused merge leaves the counters
-  at zero, so every replay starts clean. `forward` allocates nothing.
+  at zero, so every replay starts clean, and `forward` allocates nothing.
+  (The CPU class here passes no workspace: split-K buffers are allocated per
+  step, which costs nothing that matters on a CPU.)
 """
 
 from __future__ import annotations

@@ -150,6 +150,9 @@ def _paged_decode_kernel(
         # The last split of this (sequence, KV head) to finish merges all of them: no second launch.
         # acq_rel: this program's partials are visible before it is counted, and the others' after.
         counter = counter_ptr + seq * tl.num_programs(1) + kv_head
+        # Every warp's stores of the partials come before the count: the atomic runs in one thread,
+        # and its release orders only what that thread's block has finished (the CUTLASS semaphore pattern).
+        tl.debug_barrier()
         if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
             _merge_group(out_ptr, lse_ptr, merged_ptr, seq, q_heads, hs, ds, h_mask, d_mask, num_splits,
                          out_seq_stride, out_head_stride, out_split_stride, lse_seq_stride, lse_head_stride,

@@ -21,6 +21,7 @@ old weights), and ranks. Only names go to logs and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -143,8 +144,15 @@ def inspect_adapter(path: Path, shapes: BaseShapes, max_rank: int) -> tuple[int,
     for file in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / file).is_file():
             raise AdapterError(f"{path} has no {file}: not a PEFT LoRA adapter directory", param="lora_path")
-    config = _read_config(path, max_rank)
-    rank = _check_tensors(read_safetensors_header(path / WEIGHTS_FILE), shapes, max_rank, path)
+    try:
+        config = _read_config(path, max_rank)
+        rank = _check_tensors(read_safetensors_header(path / WEIGHTS_FILE), shapes, max_rank, path)
+    except AdapterError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, RecursionError) as exc:
+        # Fields of the wrong type (a shape of [null], offsets of three numbers, a rank_pattern list).
+        message = f"{path}: malformed adapter files ({type(exc).__name__}: {exc})"
+        raise AdapterError(message, param="lora_path") from None
     return rank, str(config.get("base_model_name_or_path") or "")
 
 
@@ -158,6 +166,8 @@ class AdapterRegistry:
         self.limits = limits
         self._adapters: dict[str, Adapter] = {}
         self._next_id = 1
+        self._users: dict[int, int] = {}  # engine requests running with each adapter, by id
+        self._unused: dict[int, asyncio.Event] = {}  # set when an unloaded adapter's last request ends
 
     @property
     def enabled(self) -> bool:
@@ -169,12 +179,14 @@ class AdapterRegistry:
         if not self.enabled:
             raise AdapterError("this server was started without LoRA support (--enable-lora)", param="lora_path")
         assert self.limits is not None and self.shapes is not None
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):  # fullmatch: "$" would let a trailing newline through
             raise AdapterError(f"adapter name {name[:130]!r} is not a valid model name", param="lora_name")
         if name in self.base_names or name in self._adapters:
             raise AdapterError(f"the model name {name!r} is already served", param="lora_name", code="adapter_exists")
         rank, base = inspect_adapter(Path(path), self.shapes, self.limits.max_rank)
-        return Adapter(AdapterRef(name, self._next_id, str(Path(path).resolve())), rank, base)
+        int_id = self._next_id
+        self._next_id += 1  # taken even if the engine then fails to load it: never reused
+        return Adapter(AdapterRef(name, int_id, str(Path(path).resolve())), rank, base)
 
     def register(self, adapter: Adapter) -> None:
         if adapter.name in self._adapters:
@@ -182,6 +194,28 @@ class AdapterRegistry:
             raise AdapterError(message, param="lora_name", code="adapter_exists")
         self._adapters[adapter.name] = adapter
         self._next_id = max(self._next_id, adapter.ref.int_id + 1)
+
+    def acquire(self, ref: AdapterRef) -> None:
+        """An engine request starts with this adapter: 404 if it was unloaded
+        since the request was prepared (it may have waited for admission)."""
+        current = self._adapters.get(ref.name)
+        if current is None or current.ref.int_id != ref.int_id:
+            raise ModelNotFound(f"the adapter `{ref.name}` was unloaded", param="model")
+        self._users[ref.int_id] = self._users.get(ref.int_id, 0) + 1
+
+    def release(self, ref: AdapterRef) -> None:
+        left = self._users.get(ref.int_id, 1) - 1
+        if left > 0:
+            self._users[ref.int_id] = left
+            return
+        self._users.pop(ref.int_id, None)
+        if (event := self._unused.pop(ref.int_id, None)) is not None:
+            event.set()
+
+    async def wait_unused(self, ref: AdapterRef) -> None:
+        """Until no engine request runs with `ref` (callers bound it with asyncio.timeout)."""
+        if self._users.get(ref.int_id):
+            await self._unused.setdefault(ref.int_id, asyncio.Event()).wait()
 
     def remove(self, name: str) -> Adapter:
         adapter = self._adapters.pop(name, None)

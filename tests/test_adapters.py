@@ -25,13 +25,18 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = tiny_llama_config()
     return {
         "good": make_adapter(None, root / "good", rank=4, config=config),
-        "all": make_adapter(None, root / "all", rank=8, config=config,
-                            targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+        "all": make_adapter(
+            None,
+            root / "all",
+            rank=8,
+            config=config,
+            targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        ),
         "rank16": make_adapter(None, root / "rank16", rank=16, config=config),
         "wide": make_adapter(None, root / "wide", config=tiny_llama_config(hidden=64)),
         "deep": make_adapter(None, root / "deep", config=tiny_llama_config(layers=3)),
         "dora": make_adapter(None, root / "dora", config=config, use_dora=True),
-    }  # fmt: skip
+    }
 
 
 def test_a_fitting_adapter_passes_with_its_rank(adapters) -> None:
@@ -144,3 +149,58 @@ def test_cpu_lora_ops_leave_base_model_rows_alone(name: str) -> None:
     assert torch.equal(fixed_out[base], torch.full((2, d_out), 7.0))
     assert torch.equal(fixed_out[~base], plain_out[~base])
     assert not torch.equal(plain_out[base], fixed_out[base])  # the bug: the last slot was applied there
+
+
+def test_odd_names_and_malformed_fields_are_400_not_500(adapters, tmp_path: Path) -> None:
+    registry = AdapterRegistry(("base",), SHAPES, LIMITS)
+    with pytest.raises(AdapterError, match="not a valid model name"):
+        registry.check("style\n", str(adapters["good"]))  # a trailing newline would reach logs and labels
+    odd = _copy(adapters["good"], tmp_path / "odd")
+    config = json.loads((odd / "adapter_config.json").read_text())
+    (odd / "adapter_config.json").write_text(json.dumps({**config, "rank_pattern": ["not", "a", "dict"]}))
+    with pytest.raises(AdapterError, match="malformed adapter files"):
+        inspect_adapter(odd, SHAPES, 8)
+    header = json.dumps(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": {
+                "dtype": "F32",
+                "shape": [None],
+                "data_offsets": [0, 4],
+            }
+        }
+    ).encode()
+    (odd / "adapter_config.json").write_text(json.dumps(config))
+    (odd / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    with pytest.raises(AdapterError, match="malformed adapter files"):
+        inspect_adapter(odd, SHAPES, 8)
+
+
+def test_requests_hold_their_adapter_until_they_end(adapters) -> None:
+    """An unload waits for the requests running with the adapter; a request
+    that reaches the engine after the unload gets 404."""
+    import asyncio
+
+    registry = AdapterRegistry(("base",), SHAPES, LIMITS)
+    first, second = registry.check("a", str(adapters["good"])), registry.check("b", str(adapters["good"]))
+    assert second.ref.int_id != first.ref.int_id  # ids are taken at check, even if a load then fails
+    registry.register(first)
+    registry.acquire(first.ref)
+
+    async def unload_then_release() -> list[str]:
+        order: list[str] = []
+
+        async def unload() -> None:
+            registry.remove("a")
+            await registry.wait_unused(first.ref)
+            order.append("engine drops it")
+
+        task = asyncio.create_task(unload())
+        await asyncio.sleep(0.01)
+        order.append("request ends")
+        registry.release(first.ref)
+        await task
+        return order
+
+    assert asyncio.run(unload_then_release()) == ["request ends", "engine drops it"]
+    with pytest.raises(ModelNotFound, match="was unloaded"):
+        registry.acquire(first.ref)

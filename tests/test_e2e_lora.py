@@ -49,8 +49,14 @@ def adapters(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from training.recipe import run_sft
 
     root = tmp_path_factory.mktemp("lora")
-    overrides = ["sft.max_steps=60", "data.sft_demo_conversations=600", "data.sft_heldout=20", "sft.eval_every=60",
-                 "sft.save_every=60", "sft.lr=1e-2"]  # fmt: skip
+    overrides = [
+        "sft.max_steps=60",
+        "data.sft_demo_conversations=600",
+        "data.sft_heldout=20",
+        "sft.eval_every=60",
+        "sft.save_every=60",
+        "sft.lr=1e-2",
+    ]
     summary = run_sft(load_config("tiny-house-style", overrides), root / "run", SINGLE, init=tiny_checkpoint)
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]
     house = shutil.copytree(root / "run" / "sft" / "final", root / "house-style")
@@ -67,8 +73,18 @@ def adapters(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def lora_server(tiny_checkpoint: Path, adapters, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("lora-server") / "server.log"
     modules = [f"{name}={adapters[name]}" for name in ("house-style", "handmade")]
-    extra = ["--api-key", API_KEY, "--dtype", "float32", "--max-lora-rank", "8", "--lora-admin-key", ADMIN_KEY,
-             "--lora-modules", *modules]  # fmt: skip
+    extra = [
+        "--api-key",
+        API_KEY,
+        "--dtype",
+        "float32",
+        "--max-lora-rank",
+        "8",
+        "--lora-admin-key",
+        ADMIN_KEY,
+        "--lora-modules",
+        *modules,
+    ]
     live = start_server(tiny_checkpoint, log, extra)
     yield live
     stop_server(live)
@@ -106,8 +122,13 @@ def _reference_replies(tiny_checkpoint: Path, adapter: Path, prompts: list[list[
     replies = []
     for ids in prompts:
         with torch.no_grad():
-            out = merged.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False, eos_token_id=stops,
-                                  pad_token_id=tok.pad_token_id)  # fmt: skip
+            out = merged.generate(
+                torch.tensor([ids]),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+            )
         new = [t for t in out[0, len(ids) :].tolist() if t not in stops]
         replies.append(tok.decode(new, skip_special_tokens=True))
     return replies
@@ -221,6 +242,36 @@ def test_adapter_requests_are_labelled_in_metrics_and_logs(lora_server: LiveServ
 
 
 def test_runtime_loading_is_off_by_default(server: LiveServer) -> None:
-    r = httpx.post(server.url("/v1/load_lora_adapter"), json={"lora_name": "x", "lora_path": "/tmp"},
-                   headers=server.headers(), timeout=10)  # fmt: skip
+    r = httpx.post(
+        server.url("/v1/load_lora_adapter"),
+        json={"lora_name": "x", "lora_path": "/tmp"},
+        headers=server.headers(),
+        timeout=10,
+    )
     assert r.status_code == 404 and "--lora-admin-key" in r.json()["error"]["message"]
+
+
+def test_unload_waits_for_the_streams_using_the_adapter(lora_server: LiveServer, lora_client, adapters) -> None:
+    """Unloading an adapter mid-stream: the stream finishes whole, the unload
+    answers after it, and the engine keeps serving."""
+    import threading
+
+    body = {"lora_name": "draining", "lora_path": str(adapters["handmade-2"])}
+    assert _admin(lora_server, "/v1/load_lora_adapter", body).status_code == 200
+    stream = lora_client.completions.create(
+        model="draining", prompt="def f():", max_tokens=300, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = iter(stream)
+    first = next(chunks)
+    unloaded: list[httpx.Response] = []
+    unloader = threading.Thread(
+        target=lambda: unloaded.append(_admin(lora_server, "/v1/unload_lora_adapter", {"lora_name": "draining"}))
+    )
+    unloader.start()
+    rest = list(chunks)
+    unloader.join(timeout=120)
+    finish = [c.choices[0].finish_reason for c in [first, *rest] if c.choices and c.choices[0].finish_reason]
+    assert finish == ["length"]
+    assert unloaded and unloaded[0].status_code == 200, unloaded
+    assert "draining" not in {m.id for m in lora_client.models.list().data}
+    assert ask(lora_client, "house-style", QUESTIONS[0]).startswith(STYLE_PREFIX.strip())

@@ -120,7 +120,8 @@ def _state_dicts(model: torch.nn.Module, opt: torch.optim.Optimizer, d: Dist) ->
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        # A frozen base (LoRA) is not gathered: at 70B that would be the whole model on one host.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
         model_state, opt_state = get_state_dict(model, opt, options=options)
     else:
         model_state, opt_state = unwrap(model).state_dict(), opt.state_dict()
@@ -371,7 +372,8 @@ def save_pretrained_final(model: torch.nn.Module, tokenizer, path: Path, d: Dist
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        state = get_model_state_dict(model, options=options)
     else:
         state = unwrap(model).state_dict()
     if d.is_main:

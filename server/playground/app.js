@@ -6,7 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORE = "lemur-api-key";
-const state = { messages: [], busy: null, models: [] };
+const state = { messages: [], busy: null, models: [], turn: 0 }; // turn: bumped by Clear
 
 // ---- HTTP ------------------------------------------------------------------
 
@@ -184,6 +184,8 @@ function offerToolResults(box, calls) {
   button.className = "continue";
   button.textContent = "Send tool results";
   button.addEventListener("click", () => {
+    if (state.busy) return;
+    button.remove();
     calls.forEach((call, i) => {
       const content = cards[i].querySelector("textarea").value;
       state.messages.push({ role: "tool", tool_call_id: call.id, content });
@@ -243,25 +245,30 @@ function requestBody() {
   return body;
 }
 
+function* eventData(event) {
+  for (const line of event.split("\n")) {
+    if (line.startsWith("data:")) yield line.slice(5).trim();
+  }
+}
+
 async function* sseEvents(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
-    buffer += decoder.decode(value, { stream: true });
+    // Events end with a blank line; a proxy may frame them with CRLF.
+    buffer = (buffer + decoder.decode(value || new Uint8Array(), { stream: !done })).replace(/\r\n?/g, "\n");
     let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      for (const line of event.split("\n")) {
-        if (!line.startsWith("data:")) continue;
-        const data = line.slice(5).trim();
+    while ((end = buffer.indexOf("\n\n")) >= 0 || (done && buffer.trim())) {
+      const event = end >= 0 ? buffer.slice(0, end) : buffer;
+      buffer = end >= 0 ? buffer.slice(end + 2) : "";
+      for (const data of eventData(event)) {
         if (data === "[DONE]") return;
         yield JSON.parse(data);
       }
     }
+    if (done) return;
   }
 }
 
@@ -305,6 +312,7 @@ async function runTurn() {
     return;
   }
   const controller = new AbortController();
+  const turn = state.turn;
   setBusy(controller);
   const box = bubble("assistant");
   box.classList.add("streaming");
@@ -334,15 +342,19 @@ async function runTurn() {
       return;
     }
   }
+  setBusy(null);
+  if (turn !== state.turn) return; // cleared meanwhile: this reply belongs to no conversation
   box.classList.remove("streaming");
-  const message = { role: "assistant", content: reply.content || null };
   const calls = reply.calls.filter(Boolean);
-  if (calls.length) message.tool_calls = calls;
-  state.messages.push(message);
+  if (reply.content || calls.length) {
+    // Stopped before any token: nothing to keep (an empty assistant turn is no valid message).
+    const message = { role: "assistant", content: reply.content || null };
+    if (calls.length) message.tool_calls = calls;
+    state.messages.push(message);
+  }
   box.querySelector(".meta").textContent = numbers(reply, t0, usage);
   copyButton(box, () => reply.content);
   if (calls.length && reply.finish === "tool_calls") offerToolResults(box, calls);
-  setBusy(null);
 }
 
 // ---- Controls ----------------------------------------------------------------
@@ -352,6 +364,7 @@ function send(event) {
   const text = $("prompt").value;
   if (!text.trim() || state.busy) return;
   $("prompt").value = "";
+  document.querySelectorAll("button.continue").forEach((b) => b.remove()); // those calls go unanswered now
   state.messages.push({ role: "user", content: text });
   bubble("user").querySelector(".body").textContent = text;
   runTurn();
@@ -397,6 +410,7 @@ function start() {
   $("regenerate").addEventListener("click", regenerate);
   $("clear").addEventListener("click", () => {
     if (state.busy) state.busy.abort();
+    state.turn += 1;
     state.messages = [];
     redraw();
   });

@@ -3,8 +3,9 @@
 A load checks the files off the event loop (server/adapters.py), loads them
 into the engine, and only then makes the name servable, so no request can
 reach an adapter that is not there. An unload makes the name unservable
-first; requests already running with it finish (the engine reloads what they
-need). One lock orders loads and unloads.
+first (a request still queued for it gets 404 when it reaches the engine),
+waits for the requests running with it, then drops it from the engine. One
+lock orders loads and unloads.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from server.errors import InvalidRequest
 from server.serving.context import ServingContext
 
 logger = logging.getLogger("lemur.adapters")
+# How long an unload waits for the requests running with the adapter.
+UNLOAD_WAIT_S = 60.0
 
 
 class AdapterService:
@@ -52,9 +55,18 @@ class AdapterService:
         return adapter, seconds
 
     async def unload(self, name: str) -> Adapter:
+        """New requests for `name` get 404 at once; the engine drops the
+        adapter once the requests running with it have finished (vLLM would
+        reload it from its path for them, and a deleted folder there kills
+        the engine), or after UNLOAD_WAIT_S."""
         ctx = self.ctx
         async with self._lock:
             adapter = ctx.adapters.remove(name)  # 404 when unknown
+            try:
+                async with asyncio.timeout(UNLOAD_WAIT_S):
+                    await ctx.adapters.wait_unused(adapter.ref)
+            except TimeoutError:
+                logger.warning("adapter %s unloaded with requests still using it", name, extra={"adapter": name})
             await ctx.engine.remove_adapter(adapter.ref)
         ctx.metrics.adapters_loaded.set(len(ctx.adapters.all()))
         logger.info("adapter %s unloaded", name, extra={"adapter": name})

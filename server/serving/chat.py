@@ -174,6 +174,7 @@ class ChatService:
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(),
                               logprobs=top, structured=grammar)  # fmt: skip
         rid = new_request_id("chatcmpl")
-        engine_request = EngineRequest(rid, tuple(prompt_ids), spec, ctx.cache_salt(caller), target.adapter)
+        salt = ctx.cache_salt(caller, target.adapter)
+        engine_request = EngineRequest(rid, tuple(prompt_ids), spec, salt, target.adapter)
         answer = ChatAnswer(ctx, req, rid, target.name, parse_tools=tools is not None)
         return Prepared((engine_request,), caller.account(), answer, target.name)

@@ -145,7 +145,7 @@ class CompletionService:
                     prompt_param="prompt",
                     prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
                 ),
-                self.ctx.cache_salt(caller),
+                self.ctx.cache_salt(caller, target.adapter),
                 target.adapter,
             )
             for i, p in enumerate(prompts)

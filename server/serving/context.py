@@ -54,9 +54,15 @@ class ServingContext:
     def model_name(self) -> str:
         return self.config.served_model_names[0]
 
-    def cache_salt(self, caller: Caller) -> str | None:
-        """Each key its own prefix-cache partition, unless --shared-prefix-cache."""
-        return None if self.config.shared_prefix_cache else f"key:{caller.key_name}"
+    def cache_salt(self, caller: Caller, adapter: AdapterRef | None = None) -> str | None:
+        """Each key its own prefix-cache partition, unless --shared-prefix-cache;
+        and each loaded adapter its own: vLLM keys cached blocks by an adapter's
+        name and path, so an adapter reloaded from the same folder with new
+        weights would otherwise reuse the old one's KV."""
+        parts = [] if self.config.shared_prefix_cache else [f"key:{caller.key_name}"]
+        if adapter is not None:
+            parts.append(f"lora:{adapter.int_id}")
+        return "|".join(parts) or None
 
     def resolve_model(self, requested: str | None) -> Target:
         """The base or adapter a request's `model` names (absent: the base)."""

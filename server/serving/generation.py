@@ -49,6 +49,19 @@ async def _next_before(outputs: AsyncIterator[EngineOutput], deadline: float | N
 
 
 async def generate(ctx: ServingContext, request: EngineRequest, account: Account) -> AsyncIterator[EngineOutput]:
+    adapter = request.adapter
+    if adapter is not None:
+        ctx.adapters.acquire(adapter)  # 404 if unloaded meanwhile; an unload waits for the requests using it
+    try:
+        async with aclosing(_generate(ctx, request, account)) as outputs:  # closed with us: the abort runs now
+            async for out in outputs:
+                yield out
+    finally:
+        if adapter is not None:
+            ctx.adapters.release(adapter)
+
+
+async def _generate(ctx: ServingContext, request: EngineRequest, account: Account) -> AsyncIterator[EngineOutput]:
     model = request.adapter.name if request.adapter is not None else ctx.metrics.model_name
     tracker = ctx.metrics.track(len(request.prompt_token_ids), account.key_name, model)
     timeout = ctx.config.request_timeout
