@@ -57,8 +57,27 @@ class LiveServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+PORT_TAKEN = "address already in use"
+
+
 def start_server(
     checkpoint: Path, log_path: Path, extra: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> LiveServer:
+    """The real server on a free loopback port, once /ready answers 200. The
+    port is free when chosen, but the server binds it only after its engine
+    has started (tens of seconds), and another process (an engine's own
+    sockets) may take it meanwhile: then it starts again on another port."""
+    for attempt in range(3):
+        try:
+            return _start_server(checkpoint, log_path, extra, timeout, env)
+        except RuntimeError as exc:
+            if PORT_TAKEN not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server(
+    checkpoint: Path, log_path: Path, extra: list[str], timeout: float, env: dict[str, str] | None
 ) -> LiveServer:
     port = free_port()
     cmd = [
