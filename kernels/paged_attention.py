@@ -248,6 +248,37 @@ class DecodeWorkspace:
         return self.partial[:seqs, :, :splits], self.lse[:seqs, :, :splits], self.counters
 
 
+def check_paged_inputs(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    **index_tensors: torch.Tensor,
+) -> None:
+    """What every paged-attention launcher needs: query (rows, q_heads, D),
+    caches (blocks, page, kv_heads, D) of query's dtype, int index tensors
+    (block_tables and the named 1-D ones), one device, head_dim contiguous."""
+    check_tensor("query", query, ndim=3)
+    check_tensor("key_cache", key_cache, ndim=4)
+    check_tensor("value_cache", value_cache, ndim=4)
+    check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES)
+    for name, t in index_tensors.items():
+        check_tensor(name, t, ndim=1, dtypes=INDEX_DTYPES)
+    check_same_device(query=query, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
+                      **index_tensors)  # fmt: skip
+    q_heads, head_dim = query.shape[1], query.shape[2]
+    kv_heads, cache_head_dim = key_cache.shape[2], key_cache.shape[3]
+    check(key_cache.shape == value_cache.shape,
+          f"key_cache {tuple(key_cache.shape)} and value_cache {tuple(value_cache.shape)} differ")  # fmt: skip
+    check(cache_head_dim == head_dim, f"cache head_dim {cache_head_dim} != query head_dim {head_dim}")
+    check(key_cache.dtype == value_cache.dtype == query.dtype,
+          f"query, key_cache and value_cache dtypes must match, got {query.dtype}, {key_cache.dtype}, "
+          f"{value_cache.dtype}")  # fmt: skip
+    check(kv_heads > 0 and q_heads % kv_heads == 0, f"q_heads {q_heads} is not a multiple of kv_heads {kv_heads}")
+    check(query.stride(2) == 1 and key_cache.stride(3) == 1 and value_cache.stride(3) == 1,
+          "head_dim must be contiguous in query and caches")  # fmt: skip
+
+
 def decode_config(group: int, head_dim: int, dtype: torch.dtype, tile_n: int = 64) -> dict[str, int | bool]:
     """Meta-parameters of the decode kernel (shared with the AOT compile check).
     The interpreter computes bf16 `tl.dot` wrongly (triton#11584), so there the
@@ -326,26 +357,11 @@ def paged_decode_attention(
     two-kernel version (decode, then a merge launch), kept as its twin.
     `workspace`: split-K buffers allocated once (CUDA graphs); without it
     they are allocated per call."""
-    check_tensor("query", query, ndim=3)
-    check_tensor("key_cache", key_cache, ndim=4)
-    check_tensor("value_cache", value_cache, ndim=4)
-    check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES)
-    check_tensor("seq_lens", seq_lens, ndim=1, dtypes=INDEX_DTYPES)
-    check_same_device(query=query, key_cache=key_cache, value_cache=value_cache,
-                      block_tables=block_tables, seq_lens=seq_lens)  # fmt: skip
+    check_paged_inputs(query, key_cache, value_cache, block_tables, seq_lens=seq_lens)
     seqs, q_heads, head_dim = query.shape
-    _, page, kv_heads, cache_head_dim = key_cache.shape
-    check(key_cache.shape == value_cache.shape,
-          f"key_cache {tuple(key_cache.shape)} and value_cache {tuple(value_cache.shape)} differ")  # fmt: skip
-    check(cache_head_dim == head_dim, f"cache head_dim {cache_head_dim} != query head_dim {head_dim}")
-    check(key_cache.dtype == value_cache.dtype == query.dtype,
-          f"query, key_cache and value_cache dtypes must match, got {query.dtype}, {key_cache.dtype}, "
-          f"{value_cache.dtype}")  # fmt: skip
-    check(kv_heads > 0 and q_heads % kv_heads == 0, f"q_heads {q_heads} is not a multiple of kv_heads {kv_heads}")
+    page, kv_heads = key_cache.shape[1], key_cache.shape[2]
     rows = (block_tables.shape[0], seq_lens.shape[0])
     check(rows == (seqs, seqs), f"block_tables and seq_lens have {rows} rows for {seqs} queries")
-    check(query.stride(2) == 1 and key_cache.stride(3) == 1 and value_cache.stride(3) == 1,
-          "head_dim must be contiguous in query and caches")  # fmt: skip
     group = q_heads // kv_heads
     scale = head_dim**-0.5 if scale is None else scale
     if out is None:

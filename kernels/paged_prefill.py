@@ -32,11 +32,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, check_tensor, next_power_of_2, runs_triton
+from kernels.common import INTERPRET, check, next_power_of_2, runs_triton
 from kernels.paged_attention import (
     LOG2E,
     DecodeWorkspace,
     _load_page_tile,
+    check_paged_inputs,
     paged_decode_attention,
     paged_decode_attention_reference,
 )
@@ -163,35 +164,13 @@ def paged_prefill_attention(
     """Causal attention of each request's new tokens to its cached ones:
     `(tokens, q_heads, head_dim)`. Requests of length 0 are skipped (their
     rows are not written); `max_query_len` saves a device sync."""
-    check_tensor("query", query, ndim=3)
-    check_tensor("key_cache", key_cache, ndim=4)
-    check_tensor("value_cache", value_cache, ndim=4)
-    check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES)
-    check_tensor("query_start_loc", query_start_loc, ndim=1, dtypes=INDEX_DTYPES)
-    check_tensor("seq_lens", seq_lens, ndim=1, dtypes=INDEX_DTYPES)
-    check_same_device(
-        query=query,
-        key_cache=key_cache,
-        value_cache=value_cache,
-        block_tables=block_tables,
-        query_start_loc=query_start_loc,
-        seq_lens=seq_lens,
-    )
+    check_paged_inputs(query, key_cache, value_cache, block_tables, query_start_loc=query_start_loc,
+                       seq_lens=seq_lens)  # fmt: skip
     tokens, q_heads, head_dim = query.shape
     page, kv_heads = key_cache.shape[1], key_cache.shape[2]
     requests = seq_lens.shape[0]
-    check(key_cache.shape == value_cache.shape, "key_cache and value_cache shapes differ")
-    check(key_cache.shape[3] == head_dim, f"cache head_dim {key_cache.shape[3]} != query head_dim {head_dim}")
-    check(key_cache.dtype == value_cache.dtype == query.dtype, "query, key_cache and value_cache dtypes must match")
-    check(kv_heads > 0 and q_heads % kv_heads == 0, f"q_heads {q_heads} is not a multiple of kv_heads {kv_heads}")
-    check(
-        block_tables.shape[0] == requests and query_start_loc.shape[0] == requests + 1,
-        f"block_tables, query_start_loc and seq_lens disagree on the number of requests ({requests})",
-    )
-    check(
-        query.stride(2) == 1 and key_cache.stride(3) == 1 and value_cache.stride(3) == 1,
-        "head_dim must be contiguous in query and caches",
-    )
+    check(block_tables.shape[0] == requests and query_start_loc.shape[0] == requests + 1,
+          f"block_tables, query_start_loc and seq_lens disagree on the number of requests ({requests})")  # fmt: skip
     out = torch.empty_like(query) if out is None else out
     check(
         out.shape == query.shape and out.dtype == query.dtype and out.stride(2) == 1,

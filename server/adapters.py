@@ -193,7 +193,6 @@ class AdapterRegistry:
             message = f"the model name {adapter.name!r} is already served"
             raise AdapterError(message, param="lora_name", code="adapter_exists")
         self._adapters[adapter.name] = adapter
-        self._next_id = max(self._next_id, adapter.ref.int_id + 1)
 
     def acquire(self, ref: AdapterRef) -> None:
         """An engine request starts with this adapter: 404 if it was unloaded
