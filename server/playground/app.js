@@ -235,6 +235,7 @@ function requestBody() {
     body.tools = tools;
     const name = $("tool_name").value.trim();
     body.tool_choice = name ? { type: "function", function: { name } } : $("tool_choice").value;
+    if (!$("parallel_tool_calls").checked) body.parallel_tool_calls = false;
   }
   if ($("json_mode").checked) {
     const schema = parsed("schema", "JSON schema");
