@@ -6,108 +6,237 @@
   with split-K for long contexts over few sequences;
 - prefill and chunked-prefill requests (several new tokens against the
   cached prefix): `kernels.paged_prefill`.
-Batches mix both (chunked prefill is on by default and vLLM's CPU runner does
-not reorder them), so each step splits the batch by query length.
+Batches mix both (chunked prefill is on by default), so a step with any
+prefill runs the prefill kernel over every request (a decode is a prefill of
+one token) and a decode-only step the decode kernel.
 
-On a CPU platform vLLM always asks for the CPU_ATTN backend's class path and
-honours an override of it, so LEMUR registers there, keeps CPU_ATTN's name,
-builder and metadata (sequence lengths, block table, query start offsets),
-and replaces the implementation. vLLM's CPU KV cache per layer is
-`(num_blocks, kv_heads, block_size, 2 * head_dim)`; `split_kv_cache` views
-it as our kernels' `(num_blocks, block_size, kv_heads, head_dim)` key and
-value caches (no copy). LEMUR writes the cache itself, so the layout inside a
-page is ours, not the packed one of vLLM's C++ CPU kernels.
+One backend, one builder and one implementation serve every platform:
+- CUDA: registered as CUSTOM, chosen with `--attention-backend CUSTOM`.
+- CPU: vLLM's CPU platform always asks for CPU_ATTN's class path and honours
+  an override of it, so the same classes register there under a subclass
+  that keeps the name CPU_ATTN (vLLM maps backends by enum name). The CPU
+  engine thus runs exactly the builder, metadata and `forward` the GPU runs,
+  with the kernels as Triton under TRITON_INTERPRET=1, else as torch twins.
 
-On CPUs the kernels run as Triton under TRITON_INTERPRET=1, else as their
-torch twins.
+vLLM hands each layer its cache as a logical `(num_blocks, kv_heads,
+block_size, 2 * head_dim)` tensor whose memory order is one of the layouts
+the backend declares (LBHNC, then LBNHC: each page's bytes stay together).
+`split_kv_cache` views it as our kernels' `(num_blocks, block_size,
+kv_heads, head_dim)` key and value caches; the kernels take any strides with
+head_dim contiguous, so no layout needs a copy. LEMUR writes the cache
+itself, so the order inside a page is ours, not that of vLLM's kernels.
 
-CUDA graphs (the design the CUDA class, registered as CUSTOM, will follow;
-the host side is already written this way and tested in
-tests/kernels/test_graph_safety.py):
-- A step is one attention launch chosen from host-side integers vLLM's
-  metadata already carries (`max_query_len`, `max_seq_len`, the number of
-  requests): decode-only batches (what vLLM captures) take the paged decode
-  kernel, anything else the prefill kernel. No `.item()`, `.tolist()`,
-  `.cpu()` or `bool(tensor)` on the way, so nothing waits for the device.
-- The split count comes from (captured batch size, max_seq_len) on the host,
-  so it is fixed per captured batch size; a replay with longer sequences
-  loses no tokens (the last split always runs to the sequence's end).
+CUDA graphs. vLLM captures decode-only batches as full graphs
+(`UNIFORM_SINGLE_TOKEN_DECODE`); steps with a prefill run attention outside
+the graphs (piecewise). What that asks of `forward`, and how it holds
+(tested on CPU in tests/kernels/test_graph_safety.py and
+tests/kernels/test_attention_backend.py):
+- One attention launch chosen from host-side integers the metadata already
+  carries (`max_query_len`, `max_seq_len`, the number of requests). No
+  `.item()`, `.tolist()`, `.cpu()` or `bool(tensor)` on the way, so nothing
+  waits for the device and capture never syncs.
+- The split count comes from (batch size, max_seq_len) on the host, so it is
+  fixed per captured batch size; a replay with longer sequences loses no
+  tokens (the last split always runs to the sequence's end). Padded requests
+  (seq_len 0) are skipped by the kernel.
 - Split-K partials, log-sum-exps and the fused merge's counters live in a
-  `DecodeWorkspace` allocated once (per KV-cache group, by the metadata
-  builder) for max_num_seqs x MAX_SPLITS; the fused merge leaves the counters
-  at zero, so every replay starts clean, and `forward` allocates nothing.
-  (The CPU class here passes no workspace: split-K buffers are allocated per
-  step, which costs nothing that matters on a CPU.)
+  `DecodeWorkspace` the builder allocates once (per KV-cache group, for
+  max_num_seqs x MAX_SPLITS) and hands to every step's metadata; the fused
+  merge leaves the counters at zero, so every replay starts clean, and
+  `forward` allocates nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import ClassVar
 
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
+import torch
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionCGSupport,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+)
+from vllm.v1.kv_cache_layout import KVCacheLayout
 
 from kernels.common import runs_triton
 from kernels.kv_cache import write_kv, write_kv_reference
 from kernels.ops import backend_for
+from kernels.paged_attention import DecodeWorkspace
 from kernels.paged_prefill import paged_attention, split_kv_cache
 
 logger = logging.getLogger("vllm.lemur_kernels")
 NAME = "LEMUR"
 
 
-class LemurCPUAttentionImpl(CPUAttentionBackendImpl):
-    """CPU_ATTN's implementation with our kernels for the cache write and attention."""
+@dataclass
+class LemurAttentionMetadata:
+    """One step's attention inputs, shared by every layer of a KV-cache group."""
+
+    num_actual_tokens: int  # tokens in the step, padding excluded
+    max_query_len: int  # host-side: picks the kernel
+    max_seq_len: int  # host-side: sizes split-K
+    query_start_loc: torch.Tensor  # (R + 1,) int32
+    seq_lens: torch.Tensor  # (R,) int32, 0 for padded requests
+    block_table: torch.Tensor  # (R, max_pages) int32
+    slot_mapping: torch.Tensor  # (T,) int64, < 0 for padding
+    workspace: DecodeWorkspace  # split-K buffers, allocated once by the builder
+
+
+def allocate_workspace(kv_cache_spec, vllm_config, device: torch.device) -> DecodeWorkspace:
+    """Split-K buffers for the most sequences a step can hold, on this rank's heads."""
+    q_heads = vllm_config.model_config.get_num_attention_heads(vllm_config.parallel_config)
+    max_seqs = vllm_config.scheduler_config.max_num_seqs
+    return DecodeWorkspace.allocate(max_seqs, q_heads, kv_cache_spec.num_kv_heads, kv_cache_spec.head_size, device)
+
+
+class LemurMetadataBuilder(AttentionMetadataBuilder[LemurAttentionMetadata]):
+    """CommonAttentionMetadata -> LemurAttentionMetadata: references, no copies."""
+
+    # Full graphs for decode-only batches; a step with a prefill runs piecewise.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
+    def __init__(self, kv_cache_spec, layer_names: list[str], vllm_config, device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self.workspace = allocate_workspace(kv_cache_spec, vllm_config, device)
+
+    def build(
+        self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata, fast_build: bool = False
+    ) -> LemurAttentionMetadata:
+        m = common_attn_metadata
+        if m.causal is not True:  # a tensor (dynamic causality) or False: not decoder attention
+            raise NotImplementedError(f"the {NAME} attention backend runs causal decoder attention only")
+        return LemurAttentionMetadata(
+            num_actual_tokens=m.num_actual_tokens,
+            max_query_len=m.max_query_len,
+            max_seq_len=m.max_seq_len,
+            query_start_loc=m.query_start_loc,
+            seq_lens=m.seq_lens,
+            block_table=m.block_table_tensor,
+            slot_mapping=m.slot_mapping,
+            workspace=self.workspace,
+        )
+
+
+class LemurAttentionImpl(AttentionImpl[LemurAttentionMetadata]):
+    """Our kernels for the cache write and for attention."""
 
     announced = False  # the engine log says once per process what serves attention
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes: list[float] | None = None,
+        sliding_window: int | None = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
         unsupported = {
-            "alibi slopes": self.alibi_slopes is not None,
-            "sliding window": self.sliding_window not in (None, -1),
-            "logits soft cap": bool(self.logits_soft_cap),
-            "attention sinks": self.sinks is not None,
-            "non-decoder attention": str(self.attn_type).lower().split(".")[-1] != "decoder",
-            "fp8 KV cache": self.is_fp8_kv_cache,
+            "alibi slopes": alibi_slopes is not None,
+            "sliding window": sliding_window not in (None, -1),
+            "logits soft cap": bool(logits_soft_cap),
+            "attention sinks": sinks is not None,
+            "non-decoder attention": attn_type != AttentionType.DECODER,
+            "a quantized KV cache": kv_cache_dtype not in LemurAttentionBackend.supported_kv_cache_dtypes,
+            "KV sharing across layers": kv_sharing_target_layer_name is not None,
         }
         missing = [name for name, used in unsupported.items() if used]
         if missing:
             raise NotImplementedError(f"the {NAME} attention backend does not support {', '.join(missing)}")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
 
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
+        """key, value: (T, kv_heads, D), written to the slots vLLM assigned."""
         key_cache, value_cache = split_kv_cache(kv_cache, self.head_size)
-        n = slot_mapping.shape[0]
+        n = slot_mapping.shape[0]  # the step's tokens; key/value may carry graph padding past them
         write = write_kv if runs_triton(key) else write_kv_reference
         write(key[:n], value[:n], key_cache, value_cache, slot_mapping)
 
     def forward(
         self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None
     ):
+        """query: (T, q_heads, D); output: (T, q_heads, D) written in place."""
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError(f"the {NAME} attention backend does not fuse output quantization")
         if attn_metadata is None:  # profiling and dummy runs
             return output
-        n = attn_metadata.num_actual_tokens
-        if not LemurCPUAttentionImpl.announced:
-            LemurCPUAttentionImpl.announced = True
+        if not LemurAttentionImpl.announced:
+            LemurAttentionImpl.announced = True
             logger.info("lemur kernels: attention backend %s runs on %s (%s)", NAME, backend_for(query), query.dtype)
+        m: LemurAttentionMetadata = attn_metadata
+        n = m.num_actual_tokens
         key_cache, value_cache = split_kv_cache(kv_cache, self.head_size)
         paged_attention(
             query[:n],
             key_cache,
             value_cache,
-            attn_metadata.block_table,
-            attn_metadata.query_start_loc,
-            attn_metadata.seq_lens,
+            m.block_table,
+            m.query_start_loc,
+            m.seq_lens,
             self.scale,
             output[:n],
-            max_query_len=attn_metadata.max_query_len,
-            max_seq_len=attn_metadata.max_seq_len,
+            max_query_len=m.max_query_len,
+            max_seq_len=m.max_seq_len,
+            workspace=m.workspace,
         )
         return output
 
 
-class LemurCPUAttentionBackend(CPUAttentionBackend):
-    """Keeps the name CPU_ATTN (vLLM maps backends by enum name) and its builder."""
+class LemurAttentionBackend(AttentionBackend):
+    """LEMUR as vLLM's CUSTOM backend (`--attention-backend CUSTOM`)."""
+
+    forward_includes_kv_cache_update: bool = False  # do_kv_cache_update runs first
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list] = ["auto", "float16", "bfloat16"]
 
     @staticmethod
-    def get_impl_cls() -> type[LemurCPUAttentionImpl]:
-        return LemurCPUAttentionImpl
+    def get_name() -> str:
+        return "CUSTOM"
+
+    @staticmethod
+    def get_impl_cls() -> type[LemurAttentionImpl]:
+        return LemurAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[LemurMetadataBuilder]:
+        return LemurMetadataBuilder
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return list(range(16, 257, 16))  # any head_dim works (masked); these are the ones tested and sized for
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == AttentionType.DECODER
+
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
+        return (KVCacheLayout.LBHNC, KVCacheLayout.LBNHC)
+
+    @classmethod
+    def supports_compute_capability(cls, capability) -> bool:
+        return capability.major >= 8  # compiled and checked for sm_80 and sm_90 (kernels/aot.py)
+
+
+class LemurCPUAttentionBackend(LemurAttentionBackend):
+    """The same backend under CPU_ATTN's name, which a CPU platform always asks for."""
+
+    @staticmethod
+    def get_name() -> str:
+        return "CPU_ATTN"

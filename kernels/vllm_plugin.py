@@ -5,7 +5,7 @@ group, which vLLM loads in every process (API server, engine core, workers)
 before it builds the model. It does nothing unless `LEMUR_KERNELS=triton` is
 set (`lemur serve --kernels triton` sets it), so installing Lemur Serve never
 changes a vLLM deployment by itself. With it, it swaps in our RMSNorm,
-SiLU-and-mul and rotary ops, and on a CPU platform the LEMUR attention backend
+SiLU-and-mul and rotary ops, and registers the LEMUR attention backend
 (kernels/attention_backend.py: our KV write, paged decode and prefill).
 """
 
@@ -25,17 +25,19 @@ def requested() -> str:
     return value
 
 
-def register_attention_backend() -> str | None:
-    """LEMUR in place of CPU_ATTN on a CPU platform (vLLM asks for CPU_ATTN's
-    class path there and honours an override). A string path: nothing heavy
-    is imported before vLLM picks a backend."""
+def register_attention_backend() -> str:
+    """LEMUR as CUSTOM on CUDA (`--attention-backend CUSTOM` selects it), and
+    in place of CPU_ATTN on a CPU platform (vLLM asks for CPU_ATTN's class path
+    there and honours an override). A string path: nothing heavy is imported
+    before vLLM picks a backend."""
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    if not current_platform.is_cpu():
-        return None  # the CUDA backend (CUSTOM) is not built yet: vLLM's own serves
-    register_backend(AttentionBackendEnum.CPU_ATTN, "kernels.attention_backend.LemurCPUAttentionBackend")
-    return "LEMUR"
+    if current_platform.is_cpu():
+        register_backend(AttentionBackendEnum.CPU_ATTN, "kernels.attention_backend.LemurCPUAttentionBackend")
+        return "LEMUR (in place of CPU_ATTN)"
+    register_backend(AttentionBackendEnum.CUSTOM, "kernels.attention_backend.LemurAttentionBackend")
+    return "LEMUR (as CUSTOM: --attention-backend CUSTOM selects it)"
 
 
 def register() -> None:
@@ -46,5 +48,4 @@ def register() -> None:
 
     register_ops()
     backend = register_attention_backend()
-    if backend is not None:
-        logging.getLogger("vllm.lemur_kernels").info("lemur kernels: attention backend %s", backend)
+    logging.getLogger("vllm.lemur_kernels").info("lemur kernels: attention backend %s", backend)

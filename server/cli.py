@@ -100,8 +100,9 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         "--kernels",
         choices=["vllm", "triton"],
         default=None,
-        help="vllm: vLLM's own ops (default); triton: Lemur's Triton RMSNorm, SiLU-and-mul and rotary "
-        "(torch twins on a CPU without TRITON_INTERPRET=1). Same as env LEMUR_KERNELS.",
+        help="vllm: vLLM's own ops (default); triton: Lemur's Triton RMSNorm, SiLU-and-mul, rotary and the "
+        "LEMUR attention backend (on CPU it replaces CPU_ATTN; on CUDA add --attention-backend CUSTOM). "
+        "Torch twins on a CPU without TRITON_INTERPRET=1. Same as env LEMUR_KERNELS.",
     )
     g.add_argument("--mock-tokens-per-s", type=float, default=50.0, help="mock engine: tokens/s per sequence")
     g.add_argument("--mock-ttft-ms", type=float, default=0.0, help="mock engine: time to the first token")

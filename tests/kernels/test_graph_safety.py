@@ -1,8 +1,8 @@
-"""What CUDA-graph capture needs from the attention backend's forward path,
-checked without a GPU: given the host-side maxima from vLLM's metadata and a
-preallocated workspace, a step neither syncs with the device (no .item(),
-.tolist(), .cpu(), bool() of a tensor) nor allocates, and it is one kernel
-launch (the split-K merge is fused into the decode kernel).
+"""What CUDA-graph capture needs from the attention backend's step, checked
+without a GPU: building the metadata from vLLM's and running the LEMUR
+implementation (KV write, attention) neither syncs with the device (no
+.item(), .tolist(), .cpu(), bool() of a tensor) nor allocates, and attention
+is one kernel launch (the split-K merge is fused into the decode kernel).
 
 The kernels are replaced by recorders: what is checked is the host code
 around them, the part that would break a capture."""
@@ -13,10 +13,15 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+pytest.importorskip("vllm.v1.attention.backend")  # a bare GPU image may carry torch and triton only
+from vllm.v1.kv_cache_layout import KVCacheLayout
+
 from kernels import kv_cache
 from kernels import paged_attention as pa
 from kernels import paged_prefill as pp
-from tests.kernels.test_paged_prefill import make_batch
+from kernels.attention_backend import LemurAttentionImpl
+from tests.kernels.conftest import DEVICE
+from tests.kernels.test_attention_backend import HEAD_DIM, KV_HEADS, Q_HEADS, layer_cache, make_builder, step_metadata
 
 SYNCS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero"}
 ALLOCATIONS = {"empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like", "tensor"}
@@ -66,15 +71,20 @@ def launches(monkeypatch: pytest.MonkeyPatch) -> list:
     ],
 )
 def test_a_step_neither_syncs_nor_allocates(launches: list, requests: list, kernel: str) -> None:
-    (q, kc, vc, tables, starts, lens), _, _ = make_batch(requests, 8, 1, 128, 16, torch.bfloat16)
-    out = torch.empty_like(q)
-    workspace = pa.DecodeWorkspace.allocate(8, 8, 1, 128, q.device)  # once, at start-up
-    key, value = torch.zeros(q.shape[0], 1, 128, dtype=q.dtype), torch.zeros(q.shape[0], 1, 128, dtype=q.dtype)
-    slots = torch.arange(q.shape[0])
-    maxima = {"max_query_len": max(x for _, x in requests), "max_seq_len": max(x for x, _ in requests)}
+    """The backend as vLLM drives it in a step: build the metadata, write K/V, attend."""
+    builder = make_builder()  # allocates the workspace, once, at start-up
+    impl = LemurAttentionImpl(Q_HEADS, HEAD_DIM, HEAD_DIM**-0.5, KV_HEADS)
+    tables = torch.arange(len(requests) * 128, dtype=torch.int32).view(len(requests), 128)
+    kv_cache = layer_cache(len(requests) * 128, KVCacheLayout.LBHNC, torch.bfloat16)
+    common = step_metadata(requests, tables)
+    tokens = common.num_actual_tokens
+    query = torch.zeros(tokens, Q_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=DEVICE)
+    key = torch.zeros(tokens, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=DEVICE)
+    output = torch.empty_like(query)
     with Watch() as watch:
-        kv_cache.write_kv(key, value, kc, vc, slots)
-        pp.paged_attention(q, kc, vc, tables, starts, lens, 128**-0.5, out, workspace=workspace, **maxima)
+        metadata = builder.build(0, common)
+        impl.do_kv_cache_update(None, key, key, kv_cache, metadata.slot_mapping)
+        impl.forward(None, query, key, key, kv_cache, metadata, output)
     assert watch.syncs == [] and watch.allocations == []
     assert [name for name, _, _ in launches] == ["_write_kv_kernel", kernel]  # one attention launch a step
     if kernel == "_paged_decode_kernel":

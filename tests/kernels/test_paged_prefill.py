@@ -2,8 +2,7 @@
 decode, prefill and chunked-prefill requests in one batch, checked against
 dense causal attention on the same tokens laid out contiguously.
 
-Under the interpreter (no GPU) decode rows run the Triton decode kernel; the
-prefill rows run the torch twin (its Triton kernel comes next)."""
+Under the interpreter (no GPU) the Triton kernels run on CPU tensors."""
 
 from __future__ import annotations
 
