@@ -36,9 +36,12 @@ tests/kernels/test_attention_backend.py):
   `.item()`, `.tolist()`, `.cpu()` or `bool(tensor)` on the way, so nothing
   waits for the device and capture never syncs.
 - The split count comes from (batch size, max_seq_len) on the host, so it is
-  fixed per captured batch size; a replay with longer sequences loses no
-  tokens (the last split always runs to the sequence's end). Padded requests
-  (seq_len 0) are skipped by the kernel.
+  fixed per captured batch size. vLLM captures with max_seq_len =
+  max_model_len, so a graph is split for the longest context; a replay with
+  shorter sequences leaves some splits empty, and the merge skips them
+  (tests/kernels/test_paged_attention.py forces empty splits). Were a
+  max_seq_len ever understated, the last split still runs to each
+  sequence's end. Padded requests (seq_len 0) are skipped by the kernel.
 - Split-K partials, log-sum-exps and the fused merge's counters live in a
   `DecodeWorkspace` the builder allocates once (per KV-cache group, for
   max_num_seqs x MAX_SPLITS) and hands to every step's metadata; the fused
