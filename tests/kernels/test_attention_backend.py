@@ -150,3 +150,36 @@ def test_non_causal_metadata_is_refused() -> None:
     m.causal = False
     with pytest.raises(NotImplementedError, match="causal decoder attention only"):
         make_builder().build(0, m)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "enum", "cls"), [(False, "CUSTOM", LemurAttentionBackend), (True, "CPU_ATTN", LemurCPUAttentionBackend)]
+)
+def test_the_plugin_registers_lemur_where_vllm_looks(monkeypatch: pytest.MonkeyPatch, cpu: bool, enum: str, cls):
+    """On CUDA, `--attention-backend CUSTOM` resolves to LEMUR; on CPU, CPU_ATTN does."""
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends import registry
+
+    from kernels.vllm_plugin import register_attention_backend
+
+    monkeypatch.setattr(registry, "_ATTN_OVERRIDES", {})  # the process's registry is left as it was
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: cpu)
+    register_attention_backend()
+    assert registry.AttentionBackendEnum[enum].get_class() is cls
+    other = "CPU_ATTN" if enum == "CUSTOM" else "CUSTOM"
+    assert not registry.AttentionBackendEnum[other].is_overridden()
+
+
+def test_vllm_accepts_lemur_70b_per_gpu_shapes_on_ampere_and_hopper_only() -> None:
+    from vllm.platforms.interface import DeviceCapability
+
+    def reasons(dtype: torch.dtype, capability: tuple[int, int], **extra) -> list[str]:
+        args = dict(head_size=128, dtype=dtype, kv_cache_dtype="auto", block_size=16, use_mla=False, has_sink=False)
+        args |= dict(use_sparse=False, use_mm_prefix=False, use_per_head_quant_scales=False)
+        args |= dict(device_capability=DeviceCapability(*capability), attn_type=AttentionType.DECODER) | extra
+        return LemurAttentionBackend.validate_configuration(**args)
+
+    assert reasons(torch.bfloat16, (9, 0)) == [] and reasons(torch.float16, (8, 0)) == []
+    assert reasons(torch.float16, (7, 5)) == ["compute capability not supported"]
+    assert reasons(torch.bfloat16, (9, 0), has_sliding_window=True) == ["sliding window not supported"]
+    assert reasons(torch.bfloat16, (9, 0), kv_cache_dtype="fp8") == ["kv_cache_dtype not supported"]
