@@ -136,7 +136,7 @@ def test_the_backend_declares_what_it_runs() -> None:
         ({"alibi_slopes": [0.5] * Q_HEADS}, "alibi slopes"),
         ({"logits_soft_cap": 30.0}, "logits soft cap"),
         ({"attn_type": AttentionType.ENCODER_ONLY}, "non-decoder attention"),
-        ({"kv_cache_dtype": "fp8"}, "a quantized KV cache"),
+        ({"kv_cache_dtype": "fp8"}, "KV cache dtype fp8"),
         ({"kv_sharing_target_layer_name": "layer.0"}, "KV sharing"),
     ],
 )
