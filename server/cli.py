@@ -251,6 +251,12 @@ def serve(argv: list[str]) -> int:
                 f"{KEYS_ENV_VAR}, or --allow-unauthenticated if something in front of this server authenticates"
             )
         print(f"WARNING: serving on {ns.host} with no API keys (--allow-unauthenticated)", file=sys.stderr)
+    from server.lifecycle import reserve_address
+
+    try:  # before the model is trained, downloaded or loaded: a taken port fails now
+        listen_socket = reserve_address(ns.host, ns.port)
+    except OSError as exc:
+        parser.error(f"cannot listen on {ns.host}:{ns.port}: {exc.strerror or exc}")
     if ns.chat_template is not None:
         from server.chat_template import load_template_arg
 
@@ -340,7 +346,7 @@ def serve(argv: list[str]) -> int:
         limit_concurrency=config.max_connections,
     )
     server = GatewayServer(uv_config, shutdown_timeout=config.shutdown_timeout)
-    server.run()
+    server.run(sockets=[listen_socket])
     return server.exit_code
 
 

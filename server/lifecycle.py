@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from types import FrameType
 
@@ -67,6 +68,23 @@ async def report_death(ctx: ServingContext) -> None:
         logger.error(block)
 
 
+def reserve_address(host: str, port: int) -> socket.socket:
+    """The API's address, bound before the engine loads (minutes for a 70B
+    model): a port in use fails the start at once, and no other process can
+    take the port meanwhile. Bound, not listening: until uvicorn listens, once
+    the app is ready, connections are refused as if nothing were there."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class GatewayServer(uvicorn.Server):
     """uvicorn, with SIGTERM/SIGINT starting a drain instead of an immediate
     stop (a second signal stops at once), and an exit code."""
@@ -81,6 +99,12 @@ class GatewayServer(uvicorn.Server):
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        for sock in sockets or ():  # uvicorn announces only the addresses it bound itself
+            host, port = sock.getsockname()[:2]
+            logger.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
 
     def context(self) -> ServingContext | None:
         app = self.config.loaded_app

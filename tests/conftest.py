@@ -64,14 +64,14 @@ def start_server(
     checkpoint: Path, log_path: Path, extra: list[str], timeout: float = 300, env: dict[str, str] | None = None
 ) -> LiveServer:
     """The real server on a free loopback port, once /ready answers 200. The
-    port is free when chosen, but the server binds it only after its engine
-    has started (tens of seconds), and another process (an engine's own
-    sockets) may take it meanwhile: then it starts again on another port."""
+    port is free when chosen; the server binds it as it starts, before its
+    engine, but another process may take it in the second between: then it
+    starts again on another port."""
     for _ in range(2):
         try:
             return _start_server(checkpoint, log_path, extra, timeout, env)
         except RuntimeError as exc:
-            if PORT_TAKEN not in str(exc):
+            if PORT_TAKEN not in str(exc).lower():
                 raise
     return _start_server(checkpoint, log_path, extra, timeout, env)
 

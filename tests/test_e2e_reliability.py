@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import API_KEY, LiveServer, start_server, stop_server
+from tests.conftest import API_KEY, REPO, LiveServer, free_port, start_server, stop_server
 from tests.streams import finish_reasons, sigterm_while_streaming
 
 pytestmark = pytest.mark.e2e
@@ -201,3 +205,61 @@ def test_drain_timeout_aborts_what_is_left(tiny_checkpoint: Path, tmp_path: Path
     finally:
         if server.process.poll() is None:
             stop_server(server)
+
+
+def _bind(port: int) -> OSError | None:
+    """None if `port` could be bound on loopback (and is released again), else the error."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def test_a_taken_port_fails_the_start_at_once(tiny_checkpoint: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "server", "serve", str(tiny_checkpoint), "--port", str(port), "--api-key", API_KEY]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-800:]
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "EngineCore" not in out.stdout + out.stderr  # refused before any engine process started
+
+
+def test_the_port_is_held_while_the_engine_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Bound at start, listened on once ready: meanwhile no other process can take
+    the port, and a client is refused (nothing answers yet), as before."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "server", "serve", str(tiny_checkpoint), "--port", str(port), "--api-key", API_KEY,
+           "--enforce-eager", "--max-model-len", "512"]  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "; AMX " not in log.read_text() and time.monotonic() < deadline:  # the gateway's first log line
+            assert proc.poll() is None, log.read_text()[-800:]
+            time.sleep(0.1)
+        assert "EngineCore" not in log.read_text()  # the engine is still to come
+        assert isinstance(_bind(port), OSError)  # held
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-800:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("never ready")
+        assert f"listening on http://127.0.0.1:{port}" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert _bind(port) is None  # released on exit
