@@ -46,10 +46,11 @@ tests/kernels/test_attention_backend.py):
   `DecodeWorkspace` the builder allocates once (per KV-cache group, for
   max_num_seqs x MAX_SPLITS) and hands to every step's metadata; the fused
   merge leaves the counters at zero, so every replay starts clean, and
-  `forward` allocates nothing. Its size is max_num_seqs x q_heads x 64 x
-  head_dim fp32: 256 MiB for lemur-70b at TP 8 with 1024 sequences, taken
-  after vLLM sized the KV cache, as vLLM's Triton backend does with its
-  softmax segments (out of the headroom gpu_memory_utilization leaves).
+  `forward` allocates nothing. Its size is max_num_seqs x q_heads x splits
+  x head_dim fp32, splits being the most `choose_num_splits` picks at
+  max_model_len (16 at 4k): 8 MiB for lemur-70b at TP 8 with vLLM's default
+  128 sequences, 64 MiB with 1024. vLLM sizes the KV cache before builders
+  exist, so this comes out of the headroom gpu_memory_utilization leaves.
 """
 
 from __future__ import annotations
@@ -67,12 +68,13 @@ from vllm.v1.attention.backend import (
     AttentionType,
     CommonAttentionMetadata,
 )
+from vllm.v1.attention.backends.utils import get_num_attention_heads_from_layers
 from vllm.v1.kv_cache_layout import KVCacheLayout
 
 from kernels.common import runs_triton
 from kernels.kv_cache import write_kv, write_kv_reference
 from kernels.ops import backend_for
-from kernels.paged_attention import DecodeWorkspace
+from kernels.paged_attention import DecodeWorkspace, max_splits_for
 from kernels.paged_prefill import paged_attention, split_kv_cache
 
 logger = logging.getLogger("vllm.lemur_kernels")
@@ -93,11 +95,19 @@ class LemurAttentionMetadata:
     workspace: DecodeWorkspace  # split-K buffers, allocated once by the builder
 
 
-def allocate_workspace(kv_cache_spec, vllm_config, device: torch.device) -> DecodeWorkspace:
-    """Split-K buffers for the most sequences a step can hold, on this rank's heads."""
-    q_heads = vllm_config.model_config.get_num_attention_heads(vllm_config.parallel_config)
+def allocate_workspace(kv_cache_spec, layer_names: list[str], vllm_config, device: torch.device) -> DecodeWorkspace:
+    """Split-K buffers for the most sequences a step can hold, on this group's
+    heads (per rank), for the most splits `choose_num_splits` can pick at
+    max_model_len (the launcher never asks for more than a workspace holds)."""
+    model = vllm_config.model_config
+    q_heads = get_num_attention_heads_from_layers(vllm_config, layer_names) or model.get_num_attention_heads(
+        vllm_config.parallel_config
+    )
     max_seqs = vllm_config.scheduler_config.max_num_seqs
-    return DecodeWorkspace.allocate(max_seqs, q_heads, kv_cache_spec.num_kv_heads, kv_cache_spec.head_size, device)
+    splits = max_splits_for(model.max_model_len)
+    return DecodeWorkspace.allocate(
+        max_seqs, q_heads, kv_cache_spec.num_kv_heads, kv_cache_spec.head_size, device, max_splits=splits
+    )
 
 
 class LemurMetadataBuilder(AttentionMetadataBuilder[LemurAttentionMetadata]):
@@ -108,7 +118,7 @@ class LemurMetadataBuilder(AttentionMetadataBuilder[LemurAttentionMetadata]):
 
     def __init__(self, kv_cache_spec, layer_names: list[str], vllm_config, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-        self.workspace = allocate_workspace(kv_cache_spec, vllm_config, device)
+        self.workspace = allocate_workspace(kv_cache_spec, layer_names, vllm_config, device)
 
     def build(
         self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata, fast_build: bool = False
@@ -180,8 +190,8 @@ class LemurAttentionImpl(AttentionImpl[LemurAttentionMetadata]):
         """query: (T, q_heads, D); output: (T, q_heads, D) written in place."""
         if output_scale is not None or output_block_scale is not None:
             raise NotImplementedError(f"the {NAME} attention backend does not fuse output quantization")
-        if attn_metadata is None:  # profiling and dummy runs
-            return output
+        if attn_metadata is None:  # profiling and dummy runs: no garbage downstream
+            return output.fill_(0)
         if not LemurAttentionImpl.announced:
             LemurAttentionImpl.announced = True
             logger.info("lemur kernels: attention backend %s runs on %s (%s)", NAME, backend_for(query), query.dtype)
@@ -225,7 +235,9 @@ class LemurAttentionBackend(AttentionBackend):
 
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
-        return list(range(16, 257, 16))  # any head_dim works (masked); these are the ones tested and sized for
+        # Any head_dim computes (masked tiles); these are the ones tested: 32 and
+        # 64 under the interpreter, 128 there and AOT-compiled for sm_80/sm_90.
+        return [32, 64, 128]
 
     @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:

@@ -325,9 +325,14 @@ def choose_num_splits(
     def cost(splits: int) -> int:
         return triton.cdiv(programs * splits, slots) * triton.cdiv(tiles, splits) + (splits > 1)
 
-    candidates = range(1, max(1, min(MAX_SPLITS, tiles // MIN_TILES_PER_SPLIT)) + 1)
+    candidates = range(1, max_splits_for(max_seq_len, tile_n) + 1)
     best = min(candidates, key=lambda s: (cost(s), s))
     return balanced_splits(tiles, best)
+
+
+def max_splits_for(max_seq_len: int, tile_n: int = 64) -> int:
+    """The most splits `choose_num_splits` can pick for sequences up to `max_seq_len`."""
+    return max(1, min(MAX_SPLITS, triton.cdiv(max(max_seq_len, 1), tile_n) // MIN_TILES_PER_SPLIT))
 
 
 def balanced_splits(tiles: int, splits: int) -> int:
@@ -377,6 +382,8 @@ def paged_decode_attention(
     cfg = decode_config(group, head_dim, query.dtype, tile_n)
     splits = choose_num_splits(seqs, kv_heads, max_seq_len, query.device, tile_n) if num_splits is None else num_splits
     check(splits >= 1, f"num_splits must be >= 1, got {splits}")
+    if workspace is not None:  # fewer splits than asked is still exact: the last one runs to each sequence's end
+        splits = min(splits, workspace.partial.shape[2])
     tiles = triton.cdiv(max(max_seq_len, 1), tile_n)
     splits = balanced_splits(tiles, splits)
     tokens_per_split = triton.cdiv(tiles, splits) * tile_n

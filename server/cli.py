@@ -188,6 +188,9 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+RAY_ENV_VARS = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+
+
 def select_kernels(argv: list[str]) -> None:
     """`--kernels` goes into the environment before vllm is imported: vLLM loads
     its plugins (ours reads LEMUR_KERNELS) as soon as it builds its parser, and
@@ -203,6 +206,10 @@ def select_kernels(argv: list[str]) -> None:
         requested()
     except ValueError as e:
         pre.error(str(e))
+    # Ray workers (multi-node) get only the variables vLLM lists; without ours
+    # there, the plugin would stay off in them and CUSTOM would be unregistered.
+    ray_vars = {v for v in os.environ.get(RAY_ENV_VARS, "").split(",") if v}
+    os.environ[RAY_ENV_VARS] = ",".join(sorted(ray_vars | {ENV_VAR}))
 
 
 def lora_modules(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:

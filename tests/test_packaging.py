@@ -67,3 +67,17 @@ def test_kernels_choice_is_checked_before_anything_starts(tmp_path: Path) -> Non
                              "print([e.value for e in entry_points(group='vllm.general_plugins')])"],
                             capture_output=True, text=True)  # fmt: skip
     assert "kernels.vllm_plugin:register" in plugin.stdout
+
+
+def test_the_kernels_choice_reaches_ray_workers_too(monkeypatch) -> None:
+    """Multi-node engines run their workers under Ray, which copies only the
+    environment variables vLLM lists: LEMUR_KERNELS joins the list, kept whole."""
+    from server.cli import RAY_ENV_VARS, select_kernels
+
+    monkeypatch.delenv("LEMUR_KERNELS", raising=False)
+    monkeypatch.setenv(RAY_ENV_VARS, "MY_VAR")
+    select_kernels(["--kernels", "triton", "--port", "9000"])
+    assert os.environ["LEMUR_KERNELS"] == "triton"
+    assert os.environ[RAY_ENV_VARS] == "LEMUR_KERNELS,MY_VAR"
+    select_kernels([])  # again: no duplicate
+    assert os.environ[RAY_ENV_VARS] == "LEMUR_KERNELS,MY_VAR"

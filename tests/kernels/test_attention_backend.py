@@ -30,6 +30,7 @@ from tests.kernels.conftest import DEVICE, assert_close
 from tests.kernels.test_paged_prefill import dense_causal
 
 Q_HEADS, KV_HEADS, HEAD_DIM, PAGE = 8, 2, 64, 16
+MAX_MODEL_LEN = 1024  # room for 4 splits of 4 tiles of 64
 
 
 def layer_cache(blocks: int, layout: KVCacheLayout, dtype: torch.dtype) -> torch.Tensor:
@@ -43,9 +44,13 @@ def layer_cache(blocks: int, layout: KVCacheLayout, dtype: torch.dtype) -> torch
 
 def make_builder(max_seqs: int = 8) -> LemurMetadataBuilder:
     spec = FullAttentionSpec(block_size=PAGE, num_kv_heads=KV_HEADS, head_size=HEAD_DIM, dtype=torch.float32)
-    model = SimpleNamespace(get_num_attention_heads=lambda parallel_config: Q_HEADS)
-    config = SimpleNamespace(model_config=model, parallel_config=None,
-                             scheduler_config=SimpleNamespace(max_num_seqs=max_seqs))  # fmt: skip
+    model = SimpleNamespace(get_num_attention_heads=lambda parallel_config: Q_HEADS, max_model_len=MAX_MODEL_LEN)
+    config = SimpleNamespace(
+        model_config=model,
+        parallel_config=None,
+        scheduler_config=SimpleNamespace(max_num_seqs=max_seqs),
+        compilation_config=SimpleNamespace(static_forward_context={}),  # no layers: the model's head count
+    )
     return LemurMetadataBuilder(spec, ["layer.0"], config, torch.device(DEVICE))
 
 
@@ -108,7 +113,7 @@ def test_the_builder_allocates_the_workspace_once_and_every_step_shares_it() -> 
     first = builder.build(0, step_metadata([(10, 10), (3, 3)], tables))
     second = builder.build(0, step_metadata([(11, 1), (4, 1)], tables))
     assert first.workspace is second.workspace is builder.workspace
-    assert builder.workspace.partial.shape == (5, Q_HEADS, pa.MAX_SPLITS, HEAD_DIM)
+    assert builder.workspace.partial.shape == (5, Q_HEADS, 4, HEAD_DIM) == (5, Q_HEADS, pa.max_splits_for(1024), 64)
     assert builder.workspace.counters.shape == (5 * KV_HEADS,) and not builder.workspace.counters.any()
     # metadata references vLLM's tensors: building copies nothing
     assert second.block_table.data_ptr() == tables.data_ptr() or DEVICE != "cpu"
@@ -183,3 +188,11 @@ def test_vllm_accepts_lemur_70b_per_gpu_shapes_on_ampere_and_hopper_only() -> No
     assert reasons(torch.float16, (7, 5)) == ["compute capability not supported"]
     assert reasons(torch.bfloat16, (9, 0), has_sliding_window=True) == ["sliding window not supported"]
     assert reasons(torch.bfloat16, (9, 0), kv_cache_dtype="fp8") == ["kv_cache_dtype not supported"]
+
+
+def test_profiling_and_dummy_runs_get_zeros_not_garbage() -> None:
+    impl = LemurAttentionImpl(Q_HEADS, HEAD_DIM, HEAD_DIM**-0.5, KV_HEADS)
+    output = torch.full((3, Q_HEADS, HEAD_DIM), float("nan"), device=DEVICE)
+    query = torch.zeros_like(output)
+    assert impl.forward(None, query, None, None, None, None, output) is output
+    assert not output.any()

@@ -95,6 +95,17 @@ def test_empty_sequence_gives_zeros() -> None:
         assert_attention_close(out, expected, torch.float32)
 
 
+def test_a_workspace_with_fewer_splits_caps_the_split_count() -> None:
+    """A builder sizes its workspace for max_model_len; asked for more splits, the
+    launcher uses what fits, and the last split still runs to each sequence's end."""
+    q, kc, vc, tables, lens = make_case([700, 300], 8, 2, 64, 16, torch.float32, seed=5)
+    workspace = pa.DecodeWorkspace.allocate(2, 8, 2, 64, q.device, max_splits=3)
+    out = pa.paged_decode_attention(q, kc, vc, tables, lens, num_splits=12, tile_n=16, workspace=workspace)
+    assert_attention_close(out, pa.paged_decode_attention_reference(q, kc, vc, tables, lens), torch.float32)
+    assert pa.max_splits_for(4096) == 16 and pa.max_splits_for(100) == 1 and pa.max_splits_for(10**6) == pa.MAX_SPLITS
+    assert pa.choose_num_splits(1, 1, 4096, q.device, sms=132) <= pa.max_splits_for(4096)
+
+
 def test_scale_and_out_buffer() -> None:
     q, kc, vc, tables, lens = make_case([40, 9], 4, 2, 32, 16, torch.float32, seed=2)
     out = torch.empty_like(q)
