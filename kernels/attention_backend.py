@@ -43,8 +43,8 @@ tests/kernels/test_attention_backend.py):
   max_seq_len ever understated, the last split still runs to each
   sequence's end. Padded requests (seq_len 0) are skipped by the kernel.
 - Split-K partials, log-sum-exps and the fused merge's counters live in a
-  `DecodeWorkspace` the builder allocates once (per KV-cache group, for
-  max_num_seqs x MAX_SPLITS) and hands to every step's metadata; the fused
+  `DecodeWorkspace` the builder allocates once (per KV-cache group) and
+  hands to every step's metadata; the fused
   merge leaves the counters at zero, so every replay starts clean, and
   `forward` allocates nothing. Its size is max_num_seqs x q_heads x splits
   x head_dim fp32, splits being the most `choose_num_splits` picks at
@@ -157,13 +157,14 @@ class LemurAttentionImpl(AttentionImpl[LemurAttentionMetadata]):
         kv_sharing_target_layer_name: str | None = None,
         sinks: torch.Tensor | None = None,
     ) -> None:
+        dtypes = LemurAttentionBackend.supported_kv_cache_dtypes
         unsupported = {
             "alibi slopes": alibi_slopes is not None,
             "sliding window": sliding_window not in (None, -1),
             "logits soft cap": bool(logits_soft_cap),
             "attention sinks": sinks is not None,
             "non-decoder attention": attn_type != AttentionType.DECODER,
-            f"KV cache dtype {kv_cache_dtype} (only 'auto', the model's)": kv_cache_dtype != "auto",
+            f"KV cache dtype {kv_cache_dtype} (only 'auto', the model's)": kv_cache_dtype not in dtypes,
             "KV sharing across layers": kv_sharing_target_layer_name is not None,
         }
         missing = [name for name, used in unsupported.items() if used]

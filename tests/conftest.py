@@ -79,6 +79,13 @@ def start_server(
 def _start_server(
     checkpoint: Path, log_path: Path, extra: list[str], timeout: float, env: dict[str, str] | None
 ) -> LiveServer:
+    server = launch_server(checkpoint, log_path, extra, env)
+    wait_ready(server, timeout)
+    return server
+
+
+def launch_server(checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str] | None = None) -> LiveServer:
+    """`lemur serve` on a free loopback port, without waiting for it."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "server", "serve", str(checkpoint),
@@ -90,14 +97,18 @@ def _start_server(
     full_env = {**inherited, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    server = LiveServer(f"http://127.0.0.1:{port}", API_KEY, proc, log_path)
+    return LiveServer(f"http://127.0.0.1:{port}", API_KEY, proc, log_path)
+
+
+def wait_ready(server: LiveServer, timeout: float = 300) -> None:
+    """Until /ready answers 200; a server that exits or never gets there is stopped and reported."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_tail()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
             if httpx.get(server.url("/ready"), timeout=2).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import API_KEY, REPO, LiveServer, free_port, start_server, stop_server
+from tests.conftest import API_KEY, REPO, LiveServer, launch_server, start_server, stop_server, wait_ready
 from tests.streams import finish_reasons, sigterm_while_streaming
 
 pytestmark = pytest.mark.e2e
@@ -232,34 +231,19 @@ def test_a_taken_port_fails_the_start_at_once(tiny_checkpoint: Path) -> None:
 def test_the_port_is_held_while_the_engine_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """Bound at start, listened on once ready: meanwhile no other process can take
     the port, and a client is refused (nothing answers yet), as before."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "server", "serve", str(tiny_checkpoint), "--port", str(port), "--api-key", API_KEY,
-           "--enforce-eager", "--max-model-len", "512"]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with log.open("w") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    server = launch_server(tiny_checkpoint, tmp_path / "server.log", ["--api-key", API_KEY])
+    port = int(server.base_url.rsplit(":", 1)[1])
     try:
         deadline = time.monotonic() + 60
-        while "; AMX " not in log.read_text() and time.monotonic() < deadline:  # the gateway's first log line
-            assert proc.poll() is None, log.read_text()[-800:]
+        while "; AMX " not in server.log_path.read_text() and time.monotonic() < deadline:  # the gateway's first line
+            assert server.process.poll() is None, server.log_tail()
             time.sleep(0.1)
-        assert "EngineCore" not in log.read_text()  # the engine is still to come
+        assert "EngineCore" not in server.log_path.read_text()  # the engine is still to come
         assert isinstance(_bind(port), OSError)  # held
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-800:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("never ready")
-        assert f"listening on http://127.0.0.1:{port}" in log.read_text()
+            httpx.get(server.url("/ready"), timeout=2)
+        wait_ready(server)
+        assert f"listening on http://127.0.0.1:{port}" in server.log_path.read_text()
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_server(server)
     assert _bind(port) is None  # released on exit
