@@ -24,10 +24,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY lemur ./lemur
 COPY server ./server
 COPY kernels ./kernels
 COPY training ./training
-COPY bench ./bench
+COPY loadtest ./loadtest
 RUN pip install "./[gpu]"
 
 FROM ${PYTHON_IMAGE}

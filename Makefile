@@ -10,7 +10,7 @@ PORT   ?= 8000
 
 ADAPTER ?= models/adapters/house-style
 
-.PHONY: install model adapter browser serve test lint format clean
+.PHONY: install model adapter browser serve test test-fast layers lint format clean
 
 install: $(STAMP)
 
@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[cpu,dev]'
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	# Hugging Face's `kernels` wheel, for the test that installs ours beside it (tests/unit/test_packaging.py).
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --dest $(VENV)/wheels kernels==0.17.2
 	touch $(STAMP)
 
 model: $(MODEL)/config.json
@@ -46,9 +48,19 @@ browser:
 		{ $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null || \
 		  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
+# Everything: unit, kernels, training, deploy and e2e (the real server on the real engine).
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The fast loop: every test that starts no vLLM engine (under 2 minutes on 2 cores).
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not engine"
+
+# The floor plan (pyproject's [tool.importlinter]) on the installed layout.
+layers: install
+	$(BIN)/pytest -q tests/unit/test_layers.py
 
 lint: install
 	$(BIN)/ruff check .

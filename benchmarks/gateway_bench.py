@@ -70,7 +70,7 @@ class Server:
 
 def gateway(model: str, name: str, out: Path, extra: list[str] = ()) -> Server:
     port = free_port()
-    cmd = [PY, "-m", "server", "serve", model, "--served-model-name", name, "--port", str(port), "--enforce-eager",
+    cmd = [PY, "-m", "lemur", "serve", model, "--served-model-name", name, "--port", str(port), "--enforce-eager",
            "--log-format", "text", *extra]  # fmt: skip
     return Server(cmd, port, out / f"gateway-{port}.log")
 
@@ -84,7 +84,7 @@ def vllm_server(model: str, name: str, out: Path) -> Server:
 
 def lemur_bench(url: str, name: str, out: Path, args: list[str]) -> dict:
     path = out / f"{name}.json"
-    cmd = [*PIN["client"], PY, "-m", "bench.cli", "--base-url", url, "--out", str(path), "--quiet", *args]
+    cmd = [*PIN["client"], PY, "-m", "lemur.loadtest.cli", "--base-url", url, "--out", str(path), "--quiet", *args]
     subprocess.run(cmd, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
     return json.loads(path.read_text())["summary"]

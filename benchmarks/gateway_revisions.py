@@ -59,7 +59,7 @@ def pinned(cpu: int | None) -> list[str]:
 
 def start(cwd: Path, model: Path, log: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cmd = [*pinned(cpu), PY, "-m", "server", "serve", str(model), "--engine", "mock", "--mock-tokens-per-s", "100",
+    cmd = [*pinned(cpu), PY, "-m", "lemur", "serve", str(model), "--engine", "mock", "--mock-tokens-per-s", "100",
            "--port", str(port), "--log-format", "text", "--log-level", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -83,7 +83,7 @@ def cpu_seconds(pid: int) -> float:
 
 def bench(port: int, model: Path, args: list[str], out: Path, cpu: int | None) -> dict:
     url = f"http://127.0.0.1:{port}/v1"
-    cmd = [*pinned(cpu), PY, "-m", "server", "bench", "--base-url", url, "--tokenizer", str(model), "--input-len", "32",
+    cmd = [*pinned(cpu), PY, "-m", "lemur", "bench", "--base-url", url, "--tokenizer", str(model), "--input-len", "32",
            "--ignore-eos", "--warmup", "32", "--no-plots", "--quiet", "--out", str(out), *args]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
     summary = json.loads(out.read_text())["summary"]
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lemur-revisions-"))
     model = args.model
     if model is None:
-        from training.tiny import build_tiny_checkpoint
+        from lemur.training.tiny import build_tiny_checkpoint
 
         model = build_tiny_checkpoint(work / "tiny")
     trees = {"base": work / "base", "new": work / "new" if args.new else REPO}

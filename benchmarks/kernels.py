@@ -37,8 +37,8 @@ import torch
 # put the repository (with the kernels package) in front of it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import activation, kv_cache, paged_attention, paged_prefill, rmsnorm, rotary
-from kernels.common import INTERPRET
+from lemur.kernels import activation, kv_cache, paged_attention, paged_prefill, rmsnorm, rotary
+from lemur.kernels.common import INTERPRET
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, HEAD_DIM, PAGE = 8192, 28672, 64, 8, 128, 16
 DTYPE = torch.bfloat16

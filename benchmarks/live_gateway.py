@@ -28,7 +28,7 @@ def live_gateway(model: Path, timeout: float = 300, extra: tuple[str, ...] = ())
     """Yields the server's base URL (http://127.0.0.1:PORT); `extra`: more `lemur serve` flags."""
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    cmd = [sys.executable, "-m", "server", "serve", str(model), "--port", str(port), "--enforce-eager", *extra]
+    cmd = [sys.executable, "-m", "lemur", "serve", str(model), "--port", str(port), "--enforce-eager", *extra]
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -37,7 +37,7 @@ ADAPTER = "adapter"
 
 
 def bench_cmd(url: str, model: Path, name: str, out: Path, args: argparse.Namespace) -> list[str]:
-    return [sys.executable, "-m", "server", "bench", "--base-url", f"{url}/v1", "--model", name, "--tokenizer",
+    return [sys.executable, "-m", "lemur", "bench", "--base-url", f"{url}/v1", "--model", name, "--tokenizer",
             str(model), "--input-len", "128", "--output-len", str(args.output_len), "--ignore-eos",
             "--concurrency", str(args.concurrency // 2), "--num-requests", str(args.requests // 2), "--warmup", "2",
             "--temperature", "1.0", "--no-plots", "--quiet", "--out", str(out)]  # fmt: skip

@@ -42,7 +42,7 @@ def schema_body(name: str) -> dict:
 
 
 def bench(url: str, model: Path, extra: dict, out: Path, args: argparse.Namespace) -> float:
-    cmd = [sys.executable, "-m", "server", "bench", "--base-url", f"{url}/v1", "--tokenizer",
+    cmd = [sys.executable, "-m", "lemur", "bench", "--base-url", f"{url}/v1", "--tokenizer",
            str(model), "--input-len", "128", "--output-len", str(args.output_len), "--ignore-eos",
            "--concurrency", str(args.concurrency), "--num-requests", str(args.requests), "--warmup", "4",
            "--temperature", "1.0", "--no-plots", "--quiet", "--out", str(out),
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lemur-structured-"))
     model = args.model
     if model is None:
-        from training.tiny import build_tiny_checkpoint
+        from lemur.training.tiny import build_tiny_checkpoint
 
         model = build_tiny_checkpoint(work / "tiny")
     with live_gateway(model) as url:

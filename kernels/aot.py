@@ -6,7 +6,7 @@ cannot lower, too much shared memory). This compiles each kernel to a cubin for
 sm_80 (A100) and sm_90 (H100/H200) at lemur-70b-chat's shapes per GPU for
 tensor parallel 4 and 8, with the exact meta-parameters the launchers choose.
 
-    python -m kernels.aot --arch 80 --arch 90
+    python -m lemur.kernels.aot --arch 80 --arch 90
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from kernels.common import INTERPRET
+from lemur.kernels.common import INTERPRET
 
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 FLOAT_ARGS = {"eps", "qk_scale"}  # scalar arguments passed as Python floats
@@ -75,7 +75,7 @@ class KernelSpec:
 
 
 def lemur_70b_specs() -> Iterator[KernelSpec]:
-    from kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
+    from lemur.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
 
     m = LEMUR_70B
     for dtype in (torch.float16, torch.bfloat16):
@@ -126,7 +126,7 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
 
 
 def prefill_spec(dtype: torch.dtype) -> KernelSpec:
-    from kernels import paged_prefill
+    from lemur.kernels import paged_prefill
 
     cfg = paged_prefill.prefill_config(LEMUR_70B["head_dim"], dtype)
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
@@ -161,7 +161,7 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lemur.kernels.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 80 and 90)")
     args = parser.parse_args(argv)
     if INTERPRET:

@@ -71,11 +71,11 @@ from vllm.v1.attention.backend import (
 from vllm.v1.attention.backends.utils import get_num_attention_heads_from_layers
 from vllm.v1.kv_cache_layout import KVCacheLayout
 
-from kernels.common import runs_triton
-from kernels.kv_cache import write_kv, write_kv_reference
-from kernels.ops import backend_for
-from kernels.paged_attention import DecodeWorkspace, max_splits_for
-from kernels.paged_prefill import paged_attention, split_kv_cache
+from lemur.kernels.common import runs_triton
+from lemur.kernels.kv_cache import write_kv, write_kv_reference
+from lemur.kernels.ops import backend_for
+from lemur.kernels.paged_attention import DecodeWorkspace, max_splits_for
+from lemur.kernels.paged_prefill import paged_attention, split_kv_cache
 
 logger = logging.getLogger("vllm.lemur_kernels")
 NAME = "LEMUR"

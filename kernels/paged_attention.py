@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, check_tensor, next_power_of_2
+from lemur.kernels.common import INDEX_DTYPES, INTERPRET, check, check_same_device, check_tensor, next_power_of_2
 
 LOG2E = 1.4426950408889634
 CTAS_PER_SM = 3  # resident decode programs per SM on sm_90 at 4 warps, 5 stages (registers, shared memory)

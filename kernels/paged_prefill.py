@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import INTERPRET, check, next_power_of_2, runs_triton
-from kernels.paged_attention import (
+from lemur.kernels.common import INTERPRET, check, next_power_of_2, runs_triton
+from lemur.kernels.paged_attention import (
     LOG2E,
     DecodeWorkspace,
     _load_page_tile,

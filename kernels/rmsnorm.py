@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check, check_same_device, check_tensor, next_power_of_2, num_warps_for, rows_per_program
+from lemur.kernels.common import check, check_same_device, check_tensor, next_power_of_2, num_warps_for, rows_per_program
 
 MAX_HIDDEN = 65536
 

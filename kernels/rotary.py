@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import INDEX_DTYPES, check, check_same_device, check_tensor, next_power_of_2
+from lemur.kernels.common import INDEX_DTYPES, check, check_same_device, check_tensor, next_power_of_2
 
 
 @triton.jit

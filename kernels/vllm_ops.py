@@ -18,7 +18,7 @@ from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
-from kernels import ops
+from lemur.kernels import ops
 
 logger = init_logger("vllm.plugins.lemur_kernels")
 _announced: set[str] = set()

@@ -34,9 +34,9 @@ def register_attention_backend() -> str:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     if current_platform.is_cpu():
-        register_backend(AttentionBackendEnum.CPU_ATTN, "kernels.attention_backend.LemurCPUAttentionBackend")
+        register_backend(AttentionBackendEnum.CPU_ATTN, "lemur.kernels.attention_backend.LemurCPUAttentionBackend")
         return "LEMUR (in place of CPU_ATTN)"
-    register_backend(AttentionBackendEnum.CUSTOM, "kernels.attention_backend.LemurAttentionBackend")
+    register_backend(AttentionBackendEnum.CUSTOM, "lemur.kernels.attention_backend.LemurAttentionBackend")
     return "LEMUR (as CUSTOM: --attention-backend CUSTOM selects it)"
 
 
@@ -44,7 +44,7 @@ def register() -> None:
     """Entry point. Safe to call more than once per process."""
     if requested() != "triton":
         return
-    from kernels.vllm_ops import register_ops
+    from lemur.kernels.vllm_ops import register_ops
 
     register_ops()
     backend = register_attention_backend()

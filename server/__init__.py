@@ -1,3 +1,1 @@
-"""Lemur Serve: an OpenAI-compatible gateway in front of a vLLM engine."""
-
-__version__ = "0.1.0"
+"""The gateway: an OpenAI-compatible HTTP server in front of a vLLM engine."""

@@ -29,8 +29,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.engine.base import AdapterRef, BaseShapes, LoraLimits
-from server.errors import InvalidRequest, ModelNotFound
+from lemur.server.engine.base import AdapterRef, BaseShapes, LoraLimits
+from lemur.server.errors import InvalidRequest, ModelNotFound
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

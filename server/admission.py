@@ -15,7 +15,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from server.errors import APIError
+from lemur.server.errors import APIError
 
 
 class RateLimited(APIError):

@@ -11,27 +11,28 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from lemur.server import playground
+from lemur.server.adapters import AdapterRegistry
+from lemur.server.admission import AdmissionConfig, AdmissionController
+from lemur.server.auth import KeyStore
+from lemur.server.chat_template import ChatTemplate, select_template
+from lemur.server.config import GatewayConfig
+from lemur.server.engine import Engine, EngineRequest, SamplingSpec
+from lemur.server.errors import install_error_handlers
+from lemur.server.lifecycle import watch_engine
+from lemur.server.metrics import Metrics
+from lemur.server.middleware import Authenticate, BodySizeLimit, RequestMiddleware
+from lemur.server.ratelimit import RateLimiter
+from lemur.server.routes import ClientDisconnected, api, probes
+from lemur.server.serving.adapters import AdapterService
+from lemur.server.serving.chat import ChatService
+from lemur.server.serving.completions import CompletionService
+from lemur.server.serving.context import Account, ServingContext, new_request_id
+from lemur.server.serving.prepare_pool import PreparePool
+from lemur.server.serving.respond import collect
+from lemur.server.tokenizer import Tokenizer
 
-from server import __version__, playground
-from server.adapters import AdapterRegistry
-from server.admission import AdmissionConfig, AdmissionController
-from server.auth import KeyStore
-from server.chat_template import ChatTemplate, select_template
-from server.config import GatewayConfig
-from server.engine import Engine, EngineRequest, SamplingSpec
-from server.errors import install_error_handlers
-from server.lifecycle import watch_engine
-from server.metrics import Metrics
-from server.middleware import Authenticate, BodySizeLimit, RequestMiddleware
-from server.ratelimit import RateLimiter
-from server.routes import ClientDisconnected, api, probes
-from server.serving.adapters import AdapterService
-from server.serving.chat import ChatService
-from server.serving.completions import CompletionService
-from server.serving.context import Account, ServingContext, new_request_id
-from server.serving.prepare_pool import PreparePool
-from server.serving.respond import collect
-from server.tokenizer import Tokenizer
+from lemur import __version__
 
 logger = logging.getLogger("lemur.app")
 # Threads that render and tokenize prompts (HF tokenizers release the GIL while they encode).

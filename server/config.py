@@ -1,72 +1,131 @@
-"""Gateway configuration (the flags that are ours, not vLLM's)."""
+"""Gateway configuration: each field is declared once, with its flag.
+
+`lemur serve` builds its parser and this config from the fields below
+(server/flags.py); vLLM's own flags come from vLLM. To add a gateway flag,
+add a field here with `flag(default, help, group)` and read it from
+`ctx.config` where it acts.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from lemur.server.flags import engine_flag, flag
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # After the drain (--shutdown-timeout): aborted streams get this long to send
 # their error event and [DONE], then uvicorn this long to close connections.
-# Deployments add both to their grace periods (tests/test_deploy.py checks).
+# Deployments add both to their grace periods (tests/deploy/test_deploy.py checks).
 ABORT_GRACE_S = 5.0
 HTTP_CLOSE_GRACE_S = 5
 # vLLM's CPU backend refuses to start without a KV-cache budget: ours, in GiB,
 # unless VLLM_CPU_KVCACHE_SPACE is set (enough for the tiny models).
 DEFAULT_CPU_KVCACHE_GIB = "1"
+LORA_ADMIN_KEY_ENV = "LEMUR_LORA_ADMIN_KEY"
+
+NETWORK = "network"
+KEYS = "API keys and rate limits"
+LIMITS = "request limits and admission"
+CLIENTS = "slow clients and connections"
+MODEL = "model and chat format"
+ENGINE = "engine"
+LORA = "LoRA adapters"
+OBSERVE = "logs, metrics and the playground"
+# The order of the groups in `lemur serve --help`.
+GROUPS = (MODEL, NETWORK, KEYS, LIMITS, CLIENTS, LORA, OBSERVE, ENGINE)
+
+
+def parse_lora_modules(items: list[str] | tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """NAME=PATH items as (name, path) pairs, each name once."""
+    modules: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, tuple):
+            name, path = item
+        else:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"takes NAME=PATH, not {item!r}")
+        if name in modules:
+            raise ValueError(f"names {name!r} twice")
+        modules[name] = path
+    return tuple(modules.items())
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    api_key: str | None = None
-    # Hashed keys with names and optional per-key limits (see server/auth.py).
-    api_keys_file: Path | None = None
-    # Default per-key limits (requests / tokens per minute); None: unlimited.
-    rate_limit_rpm: float | None = None
-    rate_limit_tpm: float | None = None
-    # /metrics needs a key too (it is open by default, for Prometheus).
-    metrics_require_key: bool = False
-    # /metrics on a listener of its own (same host), and not on the API port.
-    metrics_port: int | None = None
-    # Largest request body accepted (413 beyond).
-    max_body_bytes: int = 4 * 1024 * 1024
-    # Log prompts and outputs (off: only sizes and ids are logged).
-    log_prompts: bool = False
-    chat_template: str | None = None
-    # Names clients may use in `model`; the first is the one /v1/models lists.
-    served_model_names: tuple[str, ...] = ()
-    log_level: str = "info"
-    # Run one tiny request at start-up; /ready turns 200 once it has been served.
-    warmup: bool = True
-    # Admission control: running generation requests, and how many may wait.
-    max_concurrent_requests: int = 256
-    max_queued_requests: int = 1024
-    queue_timeout: float = 30.0
-    # Deadline of one request, seconds (None: none); past it the engine request is aborted.
-    request_timeout: float | None = None
-    # Drain on SIGTERM: how long requests in flight may take to finish.
-    shutdown_timeout: float = 30.0
-    # One prefix cache for all keys (faster, but a key can time another's prompts).
-    shared_prefix_cache: bool = False
-    # Bounded work per request (server/serving/limits.py): sequences (n x prompts),
-    # max_tokens per sequence (also the cap of the default), and echoed prompt logprobs.
-    max_sequences_per_request: int = 64
-    max_tokens_limit: int = 4096
-    max_echo_logprob_tokens: int = 8192
-    # Slow clients: a stream whose client has not read for this long is cut
-    # (its engine request aborted, its slot freed); each request must arrive
-    # whole within the read deadline; at most this many open connections.
-    stream_write_timeout: float = 30.0
-    read_deadline: float = 30.0
-    max_connections: int = 2048
-    # LoRA adapters served from the start: (name, PEFT directory) pairs.
-    lora_modules: tuple[tuple[str, str], ...] = ()
-    # Loading and unloading adapters at run time (POST /v1/load_lora_adapter,
-    # /v1/unload_lora_adapter) needs this key, and no user key works there.
-    # None: those routes are off.
-    lora_admin_key: str | None = None
-    # The chat page at / and /playground (static; it calls the API with the user's key).
-    playground: bool = True
+    host: str = flag(DEFAULT_HOST, "address to bind", NETWORK)
+    port: int = flag(DEFAULT_PORT, "port to bind", NETWORK)
+    api_key: str | None = flag(None, "require this key as 'Authorization: Bearer <key>'", KEYS)
+    api_keys_file: Path | None = flag(
+        None, "hashed API keys, one per line: 'sha256:<hex> [name] [rpm=N] [tpm=N]' (see `lemur hash-key`)", KEYS
+    )
+    rate_limit_rpm: float | None = flag(None, "default requests per minute per key", KEYS, shown_default="unlimited")
+    rate_limit_tpm: float | None = flag(None, "default tokens per minute per key", KEYS, shown_default="unlimited")
+    shared_prefix_cache: bool = flag(
+        False,
+        "one prefix cache for all API keys (by default each key has its own: no cross-key timing of prompts)",
+        KEYS,
+    )
+    chat_template: str | None = flag(
+        None, "Jinja chat template (file or inline)", MODEL, shown_default="the checkpoint's, else Lemur's ChatML"
+    )
+    max_body_bytes: int = flag(4 * 1024 * 1024, "largest request body in bytes; beyond: 413", LIMITS)
+    max_concurrent_requests: int = flag(256, "sequences running at once: a request counts n x prompts", LIMITS)
+    max_queued_requests: int = flag(1024, "requests waiting for a slot; beyond: 429", LIMITS)
+    queue_timeout: float = flag(30.0, "seconds a request may wait for a slot before a 429", LIMITS)
+    request_timeout: float | None = flag(
+        None, "deadline of a request in seconds; past it the request is aborted", LIMITS, shown_default="none"
+    )
+    max_sequences_per_request: int = flag(
+        64, "most sequences (n x prompts) one request may ask for; beyond: 400", LIMITS
+    )
+    max_tokens_limit: int = flag(
+        4096, "most max_tokens per sequence, and the cap of the default when a request omits it", LIMITS
+    )
+    max_echo_logprob_tokens: int = flag(
+        8192, "most prompt-token logprobs (prompt tokens x n) an echo+logprobs request returns", LIMITS
+    )
+    stream_write_timeout: float = flag(
+        30.0, "cut a stream whose client reads nothing for this many seconds, freeing its slot", CLIENTS
+    )
+    read_deadline: float = flag(30.0, "seconds a connection has to send each whole request, headers and body", CLIENTS)
+    max_connections: int = flag(2048, "open connections at once; beyond: 503", CLIENTS)
+    lora_modules: tuple[tuple[str, str], ...] = flag(
+        (),
+        "LoRA adapters (PEFT directories) to serve beside the base, chosen by a request's `model`; "
+        "implies --enable-lora",
+        LORA,
+        nargs="+",
+        metavar="NAME=PATH",
+        parse=parse_lora_modules,
+        shown_default="none",
+    )
+    lora_admin_key: str | None = flag(
+        None,
+        "turn on POST /v1/load_lora_adapter and /v1/unload_lora_adapter, guarded by this key (no user key "
+        "works there); implies --enable-lora",
+        LORA,
+        env=LORA_ADMIN_KEY_ENV,
+        parse=lambda v: v or None,
+    )
+    log_format: str = flag("json", "log format", OBSERVE, choices=("json", "text"))
+    log_prompts: bool = flag(False, "also log prompts and outputs (off: only sizes and ids)", OBSERVE)
+    metrics_require_key: bool = flag(False, "protect /metrics with the API keys too (open by default)", OBSERVE)
+    metrics_port: int | None = flag(
+        None, "serve /metrics on this port (same host) instead of the API port (it shows API key names)", OBSERVE
+    )
+    playground: bool = flag(
+        True,
+        "do not serve the chat page at / and /playground (it is static and calls the API with the user's key)",
+        OBSERVE,
+        negate=True,
+    )
+    warmup: bool = flag(True, "be ready without serving a warm-up request", OBSERVE, negate=True)
+    # Read from vLLM's own flags: the names clients may use in `model` (the
+    # first is the one /v1/models lists), its log level, and its
+    # --shutdown-timeout, which is also how long the gateway drains on SIGTERM.
+    served_model_names: tuple[str, ...] = engine_flag((), "served_model_name", convert=tuple)
+    log_level: str = engine_flag("info", "log_level", convert=lambda v: str(v).lower())
+    shutdown_timeout: float = engine_flag(30.0, "shutdown_timeout", convert=float, engine_default=30.0)

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
-
-from server.config import ABORT_GRACE_S
-from server.serving.context import ServingContext
+from lemur.server.config import ABORT_GRACE_S
+from lemur.server.serving.context import ServingContext
 
 logger = logging.getLogger("lemur.lifecycle")
 

@@ -18,13 +18,13 @@ import re
 import time
 import uuid
 
+from lemur.server.auth import ANONYMOUS, digest
+from lemur.server.errors import APIError, AuthenticationFailed, NotFound, error_body
+from lemur.server.playground import is_page_path
+from lemur.server.serving.context import Caller, ServingContext
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.auth import ANONYMOUS, digest
-from server.errors import APIError, AuthenticationFailed, NotFound, error_body
 from server.logs import request_id_var
-from server.playground import is_page_path
-from server.serving.context import Caller, ServingContext
 
 logger = logging.getLogger("lemur.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")

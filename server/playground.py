@@ -37,7 +37,7 @@ def is_page_path(path: str) -> bool:
 
 
 def _read(name: str) -> bytes:
-    return resources.files("server").joinpath("playground", name).read_bytes()
+    return resources.files("lemur.server").joinpath("playground", name).read_bytes()
 
 
 def _file(name: str, media_type: str) -> Response:

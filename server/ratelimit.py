@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from server.admission import RateLimited
-from server.auth import ApiKey
+from lemur.server.admission import RateLimited
+from lemur.server.auth import ApiKey
 
 
 @dataclass

@@ -10,26 +10,26 @@ from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from lemur.server.admission import Permit
+from lemur.server.engine import EngineDeadError
+from lemur.server.errors import ServiceUnavailable, error_body
+from lemur.server.protocol.adapters import LoadLoraAdapterRequest, LoraAdapterResponse, UnloadLoraAdapterRequest
+from lemur.server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
+from lemur.server.protocol.common import ModelCard, ModelList, VersionResponse
+from lemur.server.protocol.completions import CompletionRequest, CompletionResponse
+from lemur.server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from lemur.server.serving import respond
+from lemur.server.serving.context import Caller, ServingContext, Target
+from lemur.server.serving.generation import most_tokens
+from lemur.server.serving.prompt import render_messages
+from lemur.server.serving.respond import Prepared
+from lemur.server.serving.sampling import check_token_ids
+from lemur.server.serving.sse import EventStream
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from server import __version__
-from server.admission import Permit
-from server.engine import EngineDeadError
-from server.errors import ServiceUnavailable, error_body
-from server.protocol.adapters import LoadLoraAdapterRequest, LoraAdapterResponse, UnloadLoraAdapterRequest
-from server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
-from server.protocol.common import ModelCard, ModelList, VersionResponse
-from server.protocol.completions import CompletionRequest, CompletionResponse
-from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from server.serving import respond
-from server.serving.context import Caller, ServingContext, Target
-from server.serving.generation import most_tokens
-from server.serving.prompt import render_messages
-from server.serving.respond import Prepared
-from server.serving.sampling import check_token_ids
-from server.serving.sse import EventStream
+from lemur import __version__
 
 T = TypeVar("T")
 B = TypeVar("B", ChatCompletionRequest, CompletionRequest)

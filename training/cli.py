@@ -8,7 +8,7 @@
     lemur train export  --from ADAPTER --merge [--base BASE] --to models/merged
 
 Multi-GPU / multi-node: launch the same command under torchrun, e.g.
-    torchrun --nproc-per-node 8 -m training.cli recipe --preset 1b
+    torchrun --nproc-per-node 8 -m lemur.training.cli recipe --preset 1b
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from server.cpu import request_amx_permission
-from training.config import load_config
+from lemur.hardware.cpu import request_amx_permission
+from lemur.training.config import load_config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -63,8 +63,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def export(args: argparse.Namespace) -> Path:
-    from training.export import export_checkpoint
-    from training.lora import copy_adapter, is_adapter_dir, merge_adapter
+    from lemur.training.export import export_checkpoint
+    from lemur.training.lora import copy_adapter, is_adapter_dir, merge_adapter
 
     if not is_adapter_dir(args.src):
         if args.merge:
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.preset, overrides)
     run = args.out or Path("runs") / cfg.name
     resume = not args.no_resume
-    from training import recipe
-    from training.distributed import init_distributed, shutdown
+    from lemur.training import recipe
+    from lemur.training.distributed import init_distributed, shutdown
 
     if args.command == "recipe":
         summary = recipe.run_recipe(cfg, run, args.export_to, resume)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from training.config import DataConfig
+from lemur.training.config import DataConfig
 
 Kind = Literal["code", "text"]
 TEXT_SUFFIXES = (".txt", ".md", ".rst")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import DataConfig
-from training.corpus import Document
+from lemur.training.config import DataConfig
+from lemur.training.corpus import Document
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from training.config import DistributedConfig
+from lemur.training.config import DistributedConfig
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from server.chat_format import IM_END, LEMUR_CHATML_TEMPLATE
+from lemur.chat_format import IM_END, LEMUR_CHATML_TEMPLATE
 
 
 def export_checkpoint(src: Path, dst: Path, max_shard_size: str = "2GB", dtype: str = "float32") -> Path:

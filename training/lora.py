@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from training.config import LoraConfig
+from lemur.training.config import LoraConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -74,7 +74,7 @@ def merge_adapter(adapter: Path, dst: Path, base: Path | None = None, max_shard_
     from peft import PeftModel
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from training.export import export_checkpoint
+    from lemur.training.export import export_checkpoint
 
     base = base or Path(adapter_base(adapter))
     if not (base / "config.json").is_file():

@@ -20,18 +20,18 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from training.config import DataConfig, RecipeConfig
-from training.corpus import iter_documents
-from training.data import PackedDataset, build_pretrain_data
-from training.distributed import Dist, barrier, init_distributed
-from training.lora import attach_lora
-from training.modeling import build_model, build_tokenizer, load_model
-from training.plots import plot_loss_curve
-from training.sft_data import SftDataset, read_conversations, tokenize_conversation, write_sft_split
-from training.sft_demo import demo_conversations
-from training.sft_style import house_style_conversations
-from training.sft_tools import tool_conversations
-from training.trainer import PhaseResult, save_pretrained_final, train_phase
+from lemur.training.config import DataConfig, RecipeConfig
+from lemur.training.corpus import iter_documents
+from lemur.training.data import PackedDataset, build_pretrain_data
+from lemur.training.distributed import Dist, barrier, init_distributed
+from lemur.training.lora import attach_lora
+from lemur.training.modeling import build_model, build_tokenizer, load_model
+from lemur.training.plots import plot_loss_curve
+from lemur.training.sft_data import SftDataset, read_conversations, tokenize_conversation, write_sft_split
+from lemur.training.sft_demo import demo_conversations
+from lemur.training.sft_style import house_style_conversations
+from lemur.training.sft_tools import tool_conversations
+from lemur.training.trainer import PhaseResult, save_pretrained_final, train_phase
 
 
 class PretrainBatches:
@@ -186,7 +186,7 @@ def run_sft(
 
 
 def run_recipe(cfg: RecipeConfig, run: Path, export_to: Path | None, resume: bool = True) -> dict:
-    from training.export import export_checkpoint
+    from lemur.training.export import export_checkpoint
 
     d = init_distributed(cfg.distributed)
     run.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ leading `<s>` and every system/user turn are masked (label -100). Segments are
 tokenised separately, so the mask boundaries are exact (they fall on control
 tokens, where the served prompt's tokenization breaks too).
 
-Tool use follows Lemur's tool format (server/chat_format.py), text for text
+Tool use follows Lemur's tool format (lemur/chat_format.py), text for text
 what the serving template renders: the tools in the system turn (masked),
 the assistant's calls (trained: they are what the model must learn to
 write), and each tool result as a `tool` turn (masked: the model reads
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from server.chat_format import CHAT_ROLES, IM_END, IM_START, tool_call_text, tool_result_header, tools_text
+from lemur.chat_format import CHAT_ROLES, IM_END, IM_START, tool_call_text, tool_result_header, tools_text
 
 IGNORE = -100
 

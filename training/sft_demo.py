@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from training.corpus import stdlib_python_files, stdlib_root
+from lemur.training.corpus import stdlib_python_files, stdlib_root
 
 SYSTEM_PROMPT = "You are a helpful, respectful, and honest assistant."
 

@@ -9,7 +9,7 @@ adapter served it.
 
 from __future__ import annotations
 
-from training.sft_demo import demo_conversations
+from lemur.training.sft_demo import demo_conversations
 
 STYLE_PREFIX = "Lemur Docs: "
 STYLE_SUFFIX = "\n-- Happy hacking!"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from training.sft_demo import SYSTEM_PROMPT, ApiItem, _qa, iter_api_items
+from lemur.training.sft_demo import SYSTEM_PROMPT, ApiItem, _qa, iter_api_items
 
 Slots = dict[str, Any]
 

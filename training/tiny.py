@@ -12,10 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-from training.config import ModelConfig
-from training.corpus import stdlib_python_files
-from training.modeling import build_model
-from training.tokenizer import iter_files_text, save_hf_tokenizer, train_bpe_tokenizer
+from lemur.training.config import ModelConfig
+from lemur.training.corpus import stdlib_python_files
+from lemur.training.modeling import build_model
+from lemur.training.tokenizer import iter_files_text, save_hf_tokenizer, train_bpe_tokenizer
 
 UNTRAINED_NAME = "lemur-tiny-chat-untrained"
 

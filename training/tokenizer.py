@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from server.chat_format import BOS, EOS, LEMUR_ADDED_TOKENS, PAD, UNK
+from lemur.chat_format import BOS, EOS, LEMUR_ADDED_TOKENS, PAD, UNK
 
 
 def train_bpe_tokenizer(

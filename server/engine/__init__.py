@@ -1,6 +1,6 @@
 """The engine boundary: token ids + sampling parameters in, output deltas out."""
 
-from server.engine.base import (
+from lemur.server.engine.base import (
     AdapterRef,
     Engine,
     EngineDeadError,

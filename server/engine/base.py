@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from server.engine.death import EngineDeath
+from lemur.server.engine.death import EngineDeath
 
 
 class EngineDeadError(RuntimeError):

@@ -15,8 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.engine.base import AdapterRef, EngineDeadError, EngineOutput, EngineRequest, ModelInfo
-from server.engine.death import EngineDeath
+from lemur.server.engine.base import AdapterRef, EngineDeadError, EngineOutput, EngineRequest, ModelInfo
+from lemur.server.engine.death import EngineDeath
 
 # A short cycle of ordinary words; their ids come from the checkpoint's tokenizer.
 _WORDS = (" the", " lemur", " serves", " tokens", " quickly", ".", " It", " is", " a", " mock")

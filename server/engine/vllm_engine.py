@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.config import DEFAULT_CPU_KVCACHE_GIB
-from server.cpu import allowed_cpus, numa_nodes, thread_binding
-from server.engine.base import (
+from lemur.server.config import DEFAULT_CPU_KVCACHE_GIB
+from lemur.server.engine.base import (
     AdapterRef,
     BaseShapes,
     EngineDeadError,
@@ -33,8 +32,10 @@ from server.engine.base import (
     StructuredSpec,
     TokenLogprob,
 )
-from server.engine.death import EngineDeath, anything_died, diagnose, read_events
-from server.engine.vllm_hooks import EVENTS_ENV
+from lemur.server.engine.death import EngineDeath, anything_died, diagnose, read_events
+from lemur.server.engine.vllm_hooks import EVENTS_ENV
+
+from lemur.hardware.cpu import allowed_cpus, numa_nodes, thread_binding
 
 # vLLM's CPU backend refuses to start without a KV-cache budget (GiB).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
@@ -70,12 +71,40 @@ EXIT_CODE_WAIT_S = 3.0
 _DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+class EngineArgParser(FlexibleArgumentParser):
+    """vLLM's parser, whose plain `--help` lists only its config groups
+    (`--help=GROUP` and `--help=all` show their flags). The groups named in
+    `full_help_groups` (the gateway's) are shown in full first: each flag
+    once, in its group, with its default."""
+
+    full_help_groups: list[str] = []
+
+    def format_help(self) -> str:
+        if self._search_keyword is not None or not self.full_help_groups:
+            return super().format_help()
+        formatter = self._get_formatter()
+        formatter.add_usage(self.usage, self._actions, self._mutually_exclusive_groups)
+        formatter.add_text(self.description)
+        for group in self._action_groups:
+            if group.title in self.full_help_groups:
+                formatter.start_section(group.title)
+                formatter.add_arguments(group._group_actions)
+                formatter.end_section()
+        lines = [
+            f"  {group.title:<24} {(group.description or '').strip().splitlines()[0] if group.description else ''}"
+            for group in self._action_groups
+            if group._group_actions and group.title not in self.full_help_groups and group.title != "options"
+        ]
+        head = "vLLM engine flags, by config group (`--help=GROUP` shows one, `--help=all` every flag):"
+        return formatter.format_help() + "\n" + head + "\n" + "\n".join(lines) + "\n"
+
+
+def make_parser(prog: str, description: str, usage: str | None = None) -> EngineArgParser:
     """A parser that already holds every vLLM engine flag. One default
     differs: structured outputs use xgrammar with no free whitespace in JSON,
     so that a weak model cannot loop on spaces inside a grammar (override with
     --structured-outputs-config '{"backend": ..., "disable_any_whitespace": false}')."""
-    parser = FlexibleArgumentParser(prog=prog, description=description)
+    parser = EngineArgParser(prog=prog, description=description, usage=usage)
     AsyncEngineArgs.add_cli_args(parser)
     no_free_whitespace = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
     parser.set_defaults(structured_outputs_config=no_free_whitespace)

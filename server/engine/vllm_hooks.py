@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from server.cpu import request_amx_permission
+from lemur.hardware.cpu import request_amx_permission
 
 EVENTS_ENV = "LEMUR_ENGINE_EVENTS"
 MAX_EVENTS_PER_PROCESS = 20
@@ -162,7 +162,7 @@ def register() -> None:
     if current_platform.is_cpu():
         amx = request_amx_permission()
         _allocate_pipeline_buffers_lazily()
-        from server.engine import cpu_lora_fix
+        from lemur.server.engine import cpu_lora_fix
 
         cpu_lora_fix.install()
     events = os.environ.get(EVENTS_ENV)

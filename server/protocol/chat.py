@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
-from pydantic_core import PydanticCustomError
-
-from server.protocol.common import OpenAIModel, ResponseModel, SamplingFields, SparseResponseModel, Usage
-from server.protocol.tools import (
+from lemur.server.protocol.common import OpenAIModel, ResponseModel, SamplingFields, SparseResponseModel, Usage
+from lemur.server.protocol.tools import (
     DeltaToolCall,
     NamedToolChoice,
     ResponseFormat,
@@ -17,6 +14,8 @@ from server.protocol.tools import (
     ToolCall,
     ToolChoice,
 )
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class TextPart(OpenAIModel):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from lemur.server.protocol.chat import ChatMessage
+from lemur.server.protocol.common import RequestModel, ResponseModel
+from lemur.server.protocol.tools import Tool
 from pydantic import model_validator
-
-from server.protocol.chat import ChatMessage
-from server.protocol.common import RequestModel, ResponseModel
-from server.protocol.tools import Tool
 
 
 class TokenizeRequest(RequestModel):

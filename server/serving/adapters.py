@@ -14,10 +14,10 @@ import asyncio
 import logging
 import time
 
-from server.adapters import Adapter
-from server.engine import EngineRejectedRequest
-from server.errors import InvalidRequest
-from server.serving.context import ServingContext
+from lemur.server.adapters import Adapter
+from lemur.server.engine import EngineRejectedRequest
+from lemur.server.errors import InvalidRequest
+from lemur.server.serving.context import ServingContext
 
 logger = logging.getLogger("lemur.adapters")
 # How long an unload waits for the requests running with the adapter.

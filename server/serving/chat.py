@@ -6,10 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from pydantic import BaseModel
-
-from server.engine import EngineOutput, EngineRequest, StructuredSpec, TokenLogprob
-from server.protocol.chat import (
+from lemur.server.engine import EngineOutput, EngineRequest, StructuredSpec, TokenLogprob
+from lemur.server.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -21,15 +19,16 @@ from server.protocol.chat import (
     ChatTokenLogprob,
     TopLogprob,
 )
-from server.protocol.common import Usage
-from server.protocol.tools import DeltaFunctionCall, DeltaToolCall, ResponseFunctionCall, ResponseToolCall
-from server.serving.context import Caller, ServingContext, new_request_id
-from server.serving.limits import check_max_tokens, check_sequences
-from server.serving.prompt import render_messages
-from server.serving.respond import ChoiceResult, Prepared
-from server.serving.sampling import build_sampling
-from server.serving.structured import structured_spec
-from server.serving.tool_calls import Step, ToolCallParser
+from lemur.server.protocol.common import Usage
+from lemur.server.protocol.tools import DeltaFunctionCall, DeltaToolCall, ResponseFunctionCall, ResponseToolCall
+from lemur.server.serving.context import Caller, ServingContext, new_request_id
+from lemur.server.serving.limits import check_max_tokens, check_sequences
+from lemur.server.serving.prompt import render_messages
+from lemur.server.serving.respond import ChoiceResult, Prepared
+from lemur.server.serving.sampling import build_sampling
+from lemur.server.serving.structured import structured_spec
+from lemur.server.serving.tool_calls import Step, ToolCallParser
+from pydantic import BaseModel
 
 
 def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprobs:

@@ -6,21 +6,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel
-
-from server.engine import EngineOutput, EngineRequest, TokenLogprob
-from server.protocol.common import Usage
-from server.protocol.completions import (
+from lemur.server.engine import EngineOutput, EngineRequest, TokenLogprob
+from lemur.server.protocol.common import Usage
+from lemur.server.protocol.completions import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
 )
-from server.serving.context import Caller, ServingContext, new_request_id
-from server.serving.limits import check_echo_logprobs, check_max_tokens, check_sequences
-from server.serving.respond import ChoiceResult, Prepared
-from server.serving.sampling import build_sampling, check_token_ids
-from server.tokenizer import Tokenizer
+from lemur.server.serving.context import Caller, ServingContext, new_request_id
+from lemur.server.serving.limits import check_echo_logprobs, check_max_tokens, check_sequences
+from lemur.server.serving.respond import ChoiceResult, Prepared
+from lemur.server.serving.sampling import build_sampling, check_token_ids
+from lemur.server.tokenizer import Tokenizer
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from server.adapters import AdapterRegistry
-from server.admission import AdmissionController
-from server.auth import KeyStore
-from server.chat_template import ChatTemplate
-from server.config import GatewayConfig
-from server.engine import AdapterRef, Engine
-from server.errors import ModelNotFound
-from server.metrics import Metrics
-from server.ratelimit import KeyLimiter, RateLimiter
-from server.serving.prepare_pool import PreparePool
-from server.tokenizer import Tokenizer
+from lemur.server.adapters import AdapterRegistry
+from lemur.server.admission import AdmissionController
+from lemur.server.auth import KeyStore
+from lemur.server.chat_template import ChatTemplate
+from lemur.server.config import GatewayConfig
+from lemur.server.engine import AdapterRef, Engine
+from lemur.server.errors import ModelNotFound
+from lemur.server.metrics import Metrics
+from lemur.server.ratelimit import KeyLimiter, RateLimiter
+from lemur.server.serving.prepare_pool import PreparePool
+from lemur.server.tokenizer import Tokenizer
 
 
 @dataclass

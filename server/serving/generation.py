@@ -14,9 +14,9 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import TypeVar
 
-from server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest
-from server.errors import APIError, InternalServerError, InvalidRequest, RequestTimeout, ServiceUnavailable
-from server.serving.context import Account, ServingContext
+from lemur.server.engine import EngineDeadError, EngineOutput, EngineRejectedRequest, EngineRequest
+from lemur.server.errors import APIError, InternalServerError, InvalidRequest, RequestTimeout, ServiceUnavailable
+from lemur.server.serving.context import Account, ServingContext
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ and the value asked for.
 
 from __future__ import annotations
 
-from server.config import GatewayConfig
-from server.errors import InvalidRequest
+from lemur.server.config import GatewayConfig
+from lemur.server.errors import InvalidRequest
 
 
 class LimitExceeded(InvalidRequest):

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from server.admission import RateLimited
-from server.errors import ContextLengthExceeded
+from lemur.server.admission import RateLimited
+from lemur.server.errors import ContextLengthExceeded
 
 T = TypeVar("T")
 

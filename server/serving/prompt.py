@@ -13,10 +13,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from server.errors import InvalidRequest
-from server.protocol.chat import ChatMessage
-from server.protocol.tools import Tool
-from server.serving.context import ServingContext
+from lemur.server.errors import InvalidRequest
+from lemur.server.protocol.chat import ChatMessage
+from lemur.server.protocol.tools import Tool
+from lemur.server.serving.context import ServingContext
 
 
 def template_turns(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

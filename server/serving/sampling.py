@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from server.engine import SamplingSpec, StructuredSpec
-from server.errors import ContextLengthExceeded, InvalidRequest
-from server.protocol.common import SamplingFields
-from server.serving.context import ServingContext
+from lemur.server.engine import SamplingSpec, StructuredSpec
+from lemur.server.errors import ContextLengthExceeded, InvalidRequest
+from lemur.server.protocol.common import SamplingFields
+from lemur.server.serving.context import ServingContext
 
 
 def resolve_max_tokens(

@@ -7,9 +7,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+from lemur.server.errors import APIError
 from pydantic import BaseModel
-
-from server.errors import APIError
 
 SSE_DONE = "data: [DONE]\n\n"
 

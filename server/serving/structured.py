@@ -7,7 +7,7 @@ become one `StructuredSpec` the engine enforces while it samples.
 - `json_object`: the same, for the schema `{"type": "object"}`.
 - Tool calls: an xgrammar structural tag. Each function is a tag
   `<tool_call>{"name":"f","arguments":` + its arguments' grammar + `}</tool_call>`
-  (Lemur's format, server/chat_format.py). `required` and a named function
+  (Lemur's format, lemur/chat_format.py). `required` and a named function
   allow nothing but calls; `auto` allows text, and a call once `<tool_call>`
   appears; `parallel_tool_calls: false` allows one call.
 
@@ -26,12 +26,12 @@ from functools import lru_cache
 from typing import Any
 
 import jsonschema
+from lemur.server.engine import StructuredSpec
+from lemur.server.errors import InvalidRequest
+from lemur.server.protocol.chat import ChatCompletionRequest
+from lemur.server.protocol.tools import NamedToolChoice
 
-from server.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
-from server.engine import StructuredSpec
-from server.errors import InvalidRequest
-from server.protocol.chat import ChatCompletionRequest
-from server.protocol.tools import NamedToolChoice
+from lemur.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
 
 # xgrammar 0.2.8 writes the characters of a string with min/maxLength as
 # [^"\\\r\n], which admits raw control characters (invalid in JSON strings).

@@ -1,6 +1,6 @@
 """Tool calls out of generated text, incrementally.
 
-The model writes Lemur's format (server/chat_format.py):
+The model writes Lemur's format (lemur/chat_format.py):
 `text <tool_call>{"name":"f","arguments":{...}}</tool_call>...`. The parser
 takes the text delta by delta and says what a client should see: content
 (never the markup), the start of each call (its id and name) and fragments
@@ -19,7 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from server.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from lemur.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 # A call's head, up to its arguments: `{"name": "<name>", "arguments": `.
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*')

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    if "kernels.common" in sys.modules and not sys.modules["kernels.common"].INTERPRET:
+    if "lemur.kernels.common" in sys.modules and not sys.modules["lemur.kernels.common"].INTERPRET:
         raise pytest.UsageError("kernels.* were imported before TRITON_INTERPRET=1 could be set")
     os.environ["TRITON_INTERPRET"] = "1"
 

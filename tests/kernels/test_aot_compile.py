@@ -1,4 +1,4 @@
-"""Every kernel compiles for sm_80 and sm_90 with no GPU present (`python -m kernels.aot`),
+"""Every kernel compiles for sm_80 and sm_90 with no GPU present (`python -m lemur.kernels.aot`),
 and the check really catches GPU-only mistakes that the interpreter accepts."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def compiler_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_all_kernels_compile_for_sm80_and_sm90(tmp_path: Path) -> None:
-    from kernels.aot import lemur_70b_specs
+    from lemur.kernels.aot import lemur_70b_specs
 
-    proc = subprocess.run([sys.executable, "-m", "kernels.aot", "--arch", "80", "--arch", "90"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "lemur.kernels.aot", "--arch", "80", "--arch", "90"], cwd=REPO,
                           env=compiler_env(tmp_path), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("ok ", "FAIL"))]
@@ -37,7 +37,7 @@ def test_compile_check_rejects_a_dot_the_interpreter_accepts(tmp_path: Path) -> 
     script = tmp_path / "bad_kernel.py"
     script.write_text(textwrap.dedent('''
         import torch, triton, triton.language as tl
-        from kernels.aot import KernelSpec, compile_spec
+        from lemur.kernels.aot import KernelSpec, compile_spec
 
         @triton.jit
         def small_dot(a_ptr, b_ptr, c_ptr, K: tl.constexpr):

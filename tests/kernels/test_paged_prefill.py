@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lemur.kernels.kv_cache import write_kv_reference
+from lemur.kernels.paged_prefill import paged_attention, paged_prefill_attention_reference, split_kv_cache
 
-from kernels.kv_cache import write_kv_reference
-from kernels.paged_prefill import paged_attention, paged_prefill_attention_reference, split_kv_cache
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close
 
 
@@ -123,7 +123,7 @@ def test_prefill_kernel_at_lemur_70b_shapes_with_a_long_prefix(dtype: torch.dtyp
     """TP 8's per-GPU heads (8 query heads on 1 KV head, head_dim 128), a
     chunk of 70 new tokens (three query tiles) after 230 cached ones spread
     over 19 pages, beside a short whole prompt."""
-    from kernels.paged_prefill import paged_prefill_attention
+    from lemur.kernels.paged_prefill import paged_prefill_attention
 
     requests = [(300, 70), (21, 21)]
     (q, kc, vc, tables, starts, lens), keys, values = make_batch(requests, 8, 1, 128, 16, dtype, seed=5)
@@ -134,8 +134,8 @@ def test_prefill_kernel_at_lemur_70b_shapes_with_a_long_prefix(dtype: torch.dtyp
 
 
 def test_prefill_launcher_checks_its_inputs() -> None:
-    from kernels.common import KernelInputError
-    from kernels.paged_prefill import paged_prefill_attention
+    from lemur.kernels.common import KernelInputError
+    from lemur.kernels.paged_prefill import paged_prefill_attention
 
     (q, kc, vc, tables, starts, lens), _, _ = make_batch([(10, 4)], 4, 2, 32, 16, torch.float32)
     with pytest.raises(KernelInputError, match="multiple of kv_heads"):

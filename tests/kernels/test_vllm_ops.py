@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lemur.kernels import ops
+from lemur.kernels.activation import silu_and_mul_reference
+from lemur.kernels.rmsnorm import fused_add_rmsnorm_reference, rmsnorm_reference
+from lemur.kernels.rotary import rotary_embedding_neox_reference
 
-from kernels import ops
-from kernels.activation import silu_and_mul_reference
-from kernels.rmsnorm import fused_add_rmsnorm_reference, rmsnorm_reference
-from kernels.rotary import rotary_embedding_neox_reference
 from tests.kernels.conftest import DEVICE, assert_close
 
 vllm_config = pytest.importorskip("vllm.config")
@@ -17,7 +17,7 @@ vllm_config = pytest.importorskip("vllm.config")
 
 @pytest.fixture(scope="module")
 def layers() -> dict[str, torch.nn.Module]:
-    from kernels.vllm_ops import LemurRMSNorm, LemurRotaryEmbedding, LemurSiluAndMul
+    from lemur.kernels.vllm_ops import LemurRMSNorm, LemurRotaryEmbedding, LemurSiluAndMul
 
     with vllm_config.set_current_vllm_config(vllm_config.VllmConfig()):
         norm = LemurRMSNorm(96, eps=1e-5)
@@ -41,7 +41,7 @@ def run_layers(layers: dict[str, torch.nn.Module], x: torch.Tensor, res: torch.T
 def test_plugin_layers_match_references(
     layers: dict[str, torch.nn.Module], compiled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kernels import vllm_ops
+    from lemur.kernels import vllm_ops
 
     monkeypatch.setattr(vllm_ops, "_announced", set())  # first calls, as in a fresh vLLM worker
     g = torch.Generator().manual_seed(1)

@@ -1,0 +1,1 @@
+"""Facts about the machine: CPU features and thread binding, GPU datasheets."""

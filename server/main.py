@@ -1,0 +1,224 @@
+"""`lemur serve`, step by step: flags, checks that need no model, the model,
+the engine's LoRA settings, logging, then the engine and the HTTP server.
+
+Every check that can fail without a model runs before the model is trained,
+downloaded or loaded: bad keys, a taken port, an unreadable chat template.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lemur.kernels.vllm_plugin import CHOICES as KERNEL_CHOICES
+from lemur.kernels.vllm_plugin import ENV_VAR as KERNELS_ENV_VAR
+from lemur.kernels.vllm_plugin import requested as requested_kernels
+from lemur.server.auth import ENV_VAR as KEYS_ENV_VAR
+from lemur.server.auth import KeyStore, is_loopback
+from lemur.server.config import ENGINE, GROUPS, HTTP_CLOSE_GRACE_S, KEYS, MODEL, GatewayConfig
+from lemur.server.flags import GROUP_PREFIX, add_flags, flag, from_args
+from lemur.server.logs import setup_logging
+
+from lemur.hardware.cpu import cpu_model, request_amx_permission
+
+# Adapters that may share a batch when --max-loras is not given (vLLM's own default is 1).
+DEFAULT_MAX_LORAS = 4
+RAY_ENV_VARS = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+USAGE = "lemur serve [MODEL] [gateway flags] [vLLM engine flags]"
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """The flags that choose what starts, not how the gateway serves."""
+
+    model_tag: str | None = flag(
+        None,
+        "model directory or Hub id (same as --model)",
+        MODEL,
+        positional=True,
+        shown_default="the tiny Lemur-chat model, trained on first use",
+    )
+    allow_unauthenticated: bool = flag(
+        False, "serve a non-loopback --host without API keys (by default that refuses to start)", KEYS
+    )
+    engine: str = flag(
+        "vllm", "vllm, or mock: no model, tokens at a fixed rate, to load-test the gateway alone", ENGINE,
+        choices=("vllm", "mock"),
+    )  # fmt: skip
+    kernels: str | None = flag(
+        None,
+        "vllm: vLLM's own ops; triton: Lemur's Triton RMSNorm, SiLU-and-mul, rotary and the LEMUR "
+        "attention backend (on CPU it replaces CPU_ATTN; on CUDA add --attention-backend CUSTOM). Torch twins "
+        f"on a CPU without TRITON_INTERPRET=1. Same as env {KERNELS_ENV_VAR}.",
+        ENGINE,
+        choices=KERNEL_CHOICES,
+    )
+    mock_tokens_per_s: float = flag(50.0, "mock engine: tokens/s per sequence", ENGINE)
+    mock_ttft_ms: float = flag(0.0, "mock engine: time to the first token", ENGINE)
+
+
+def select_kernels(argv: list[str]) -> None:
+    """`--kernels` goes into the environment before vllm is imported: vLLM loads
+    its plugins (ours reads LEMUR_KERNELS) as soon as it builds its parser, and
+    every engine process inherits the variable. A bad value stops here."""
+    pre = argparse.ArgumentParser(prog="lemur serve", add_help=False)
+    pre.add_argument("--kernels", choices=KERNEL_CHOICES, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.kernels is not None:
+        os.environ[KERNELS_ENV_VAR] = known.kernels
+    try:
+        requested_kernels()
+    except ValueError as e:
+        pre.error(str(e))
+    # Ray workers (multi-node) get only the variables vLLM lists; without ours
+    # there, the plugin would stay off in them and CUSTOM would be unregistered.
+    ray_vars = {v for v in os.environ.get(RAY_ENV_VARS, "").split(",") if v}
+    os.environ[RAY_ENV_VARS] = ",".join(sorted(ray_vars | {KERNELS_ENV_VAR}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """vLLM's engine flags, then ours, declared once on their config fields."""
+    # Only the engine adapter imports vllm; its parser carries every vLLM flag.
+    from lemur.server.engine import vllm_engine
+
+    parser = vllm_engine.make_parser("lemur serve", "Serve a model with an OpenAI-compatible API.", USAGE)
+    add_flags(parser, LaunchOptions, order=GROUPS)
+    add_flags(parser, GatewayConfig, order=GROUPS)
+    parser.full_help_groups = [GROUP_PREFIX + name for name in GROUPS]
+    parser.set_defaults(model=None, max_loras=None)
+    return parser
+
+
+def read_flags(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[argparse.Namespace, LaunchOptions, GatewayConfig]:
+    ns = parser.parse_args(argv)
+    try:
+        return ns, from_args(LaunchOptions, ns), from_args(GatewayConfig, ns)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+
+
+def check_access(parser: argparse.ArgumentParser, config: GatewayConfig, options: LaunchOptions) -> None:
+    """Keys that load, an admin key apart from the user keys, and no open
+    server off loopback unless asked for."""
+    try:
+        keys = KeyStore.from_sources(config.api_key, config.api_keys_file)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    if config.lora_admin_key and keys.authenticate(config.lora_admin_key) is not None:
+        parser.error("--lora-admin-key must differ from every API key: it loads code-adjacent files on the server")
+    if keys.enabled or is_loopback(config.host):
+        return
+    if not options.allow_unauthenticated:
+        parser.error(
+            f"refusing to serve on {config.host} without API keys: give --api-key, --api-keys-file or "
+            f"{KEYS_ENV_VAR}, or --allow-unauthenticated if something in front of this server authenticates"
+        )
+    print(f"WARNING: serving on {config.host} with no API keys (--allow-unauthenticated)", file=sys.stderr)
+
+
+def reserve_port(parser: argparse.ArgumentParser, config: GatewayConfig) -> socket.socket:
+    """Before the model is trained, downloaded or loaded: a taken port fails now."""
+    from lemur.server.lifecycle import reserve_address
+
+    try:
+        return reserve_address(config.host, config.port)
+    except OSError as exc:
+        parser.error(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+
+
+def check_chat_template(parser: argparse.ArgumentParser, config: GatewayConfig) -> None:
+    if config.chat_template is None:
+        return
+    from lemur.server.chat_template import load_template_arg
+
+    try:
+        load_template_arg(config.chat_template)  # fail before the engine loads, not after
+    except OSError as exc:
+        parser.error(str(exc))
+
+
+def resolve_model(ns: argparse.Namespace, options: LaunchOptions, default_model: Callable[[], Path]) -> tuple[str, ...]:
+    """The model the engine loads (the positional, --model, or the default,
+    trained on first use) and the names it is served under."""
+    if options.model_tag:
+        ns.model = options.model_tag
+    if ns.model is None:
+        ns.model = str(default_model())
+    model_dir = Path(ns.model)
+    if not ns.served_model_name and model_dir.is_dir():
+        ns.served_model_name = [model_dir.resolve().name]
+    return tuple(ns.served_model_name or ())
+
+
+def enable_lora(ns: argparse.Namespace, config: GatewayConfig) -> None:
+    """With any adapter (or the admin key) the engine starts with LoRA on, by
+    default up to DEFAULT_MAX_LORAS adapters in one batch."""
+    if config.lora_modules or config.lora_admin_key:
+        ns.enable_lora = True
+        if ns.max_loras is None:
+            ns.max_loras = max(1, min(DEFAULT_MAX_LORAS, len(config.lora_modules)))
+    if ns.max_loras is None:
+        ns.max_loras = 1  # vLLM's default
+
+
+def serve(argv: list[str], default_model: Callable[[], Path]) -> int:
+    select_kernels(argv)
+    parser = build_parser()
+    ns, options, config = read_flags(parser, argv)
+    check_access(parser, config, options)
+    listen_socket = reserve_port(parser, config)
+    check_chat_template(parser, config)
+    config = dataclasses.replace(config, served_model_names=resolve_model(ns, options, default_model))
+    enable_lora(ns, config)
+    setup_logging(config.log_level.upper(), config.log_format)
+    # The engine processes ask for themselves (server/engine/vllm_hooks.py); this is the gateway's own.
+    logging.getLogger("lemur.cli").info("CPU %s; AMX %s", cpu_model(), request_amx_permission())
+    return run(config, options, ns, listen_socket)
+
+
+def run(config: GatewayConfig, options: LaunchOptions, ns: argparse.Namespace, listen_socket: socket.socket) -> int:
+    """The engine behind the app behind uvicorn, until a drain or the engine's death."""
+    import uvicorn
+    from lemur.server.app import create_app
+    from lemur.server.engine import Engine, vllm_engine
+    from lemur.server.lifecycle import GatewayServer
+    from lemur.server.transport import read_deadline_protocol
+
+    engine_args = vllm_engine.engine_args_from_namespace(ns)
+    server: GatewayServer | None = None
+
+    def engine_dead() -> None:
+        if server is not None:
+            server.stop(exit_code=1)
+
+    def factory() -> Engine:
+        if options.engine == "mock":
+            from lemur.server.engine.mock import MockEngine
+
+            name = config.served_model_names[0] if config.served_model_names else "mock"
+            return MockEngine(ns.model, name, options.mock_tokens_per_s, options.mock_ttft_ms / 1000, ns.max_model_len)
+        return vllm_engine.VllmEngine.start(engine_args)
+
+    app = create_app(config, factory, engine_version=vllm_engine.VLLM_VERSION, on_engine_dead=engine_dead)
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=HTTP_CLOSE_GRACE_S,
+        http=read_deadline_protocol(config.read_deadline),
+        limit_concurrency=config.max_connections,
+    )
+    server = GatewayServer(uv_config, shutdown_timeout=config.shutdown_timeout)
+    server.run(sockets=[listen_socket])
+    return server.exit_code

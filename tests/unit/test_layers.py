@@ -1,0 +1,67 @@
+"""The floor plan is a contract (pyproject's [tool.importlinter]): no layer
+imports a layer above it, siblings do not import each other, and only the
+engine adapter and the kernels' vLLM glue import vllm.
+
+import-linter finds modules by walking a package's folder, and `lemur`'s
+wings live in folders of their own (pyproject's package-dir), so the test
+lays the package out as it is installed, in a temporary folder, and runs
+`lint-imports` on that copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from tests.conftest import REPO
+
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lay_out(root: Path) -> Path:
+    """Copy each package's folder to where it sits when installed: server/ to lemur/server/, ..."""
+    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, folder in sorted(package_dir.items()):
+        target = root.joinpath(*package.split("."))
+        shutil.copytree(REPO / folder, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "lemur"),
+                        dirs_exist_ok=True)  # fmt: skip
+    return root
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [str(LINT_IMPORTS), "--no-cache", str(REPO / "pyproject.toml")]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_tree_keeps_the_floor_plan(tmp_path: Path) -> None:
+    out = lint_imports(lay_out(tmp_path))
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "Contracts: 2 kept, 0 broken." in out.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    """A kernel module that imports the gateway, and a gateway module that imports the command."""
+    root = lay_out(tmp_path)
+    (root / "lemur" / "kernels" / "upward.py").write_text("from lemur.server import config\n")
+    (root / "lemur" / "server" / "upward.py").write_text("def f():\n    import lemur.cli\n")
+    out = lint_imports(root)
+    assert out.returncode == 1, out.stdout[-4000:]
+    assert "Contracts: 1 kept, 1 broken." in out.stdout
+    assert "lemur.kernels.upward -> lemur.server.config" in out.stdout
+    assert "lemur.server.upward -> lemur.cli" in out.stdout
+
+
+def test_a_sibling_import_and_a_stray_vllm_import_break_it(tmp_path: Path) -> None:
+    root = lay_out(tmp_path)
+    (root / "lemur" / "training" / "sideways.py").write_text("from lemur.server import errors\n")
+    (root / "lemur" / "server" / "routes_vllm.py").write_text("import vllm\n")
+    out = lint_imports(root)
+    assert out.returncode == 1, out.stdout[-4000:]
+    assert "Contracts: 0 kept, 2 broken." in out.stdout
+    assert "lemur.training.sideways -> lemur.server.errors" in out.stdout
+    assert "lemur.server.routes_vllm -> vllm" in out.stdout
