@@ -10,8 +10,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from lemur.kernels.common import check, check_same_device, check_tensor, next_power_of_2, num_warps_for, rows_per_program
+from lemur.kernels.common import (
+    check,
+    check_same_device,
+    check_tensor,
+    next_power_of_2,
+    num_warps_for,
+    rows_per_program,
+)
 
 MAX_BLOCK_N = 1024
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from lemur.kernels.common import INTERPRET
 
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -75,7 +74,7 @@ class KernelSpec:
 
 
 def lemur_70b_specs() -> Iterator[KernelSpec]:
-    from lemur.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
+    from lemur.kernels import activation, kv_cache, paged_decode, rmsnorm, rotary
 
     m = LEMUR_70B
     for dtype in (torch.float16, torch.bfloat16):
@@ -98,18 +97,18 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
             warps = cfg.pop("num_warps")
             yield KernelSpec(f"write_kv[{name},tp={tp}]", kv_cache._write_kv_kernel, dtype, cfg, warps,
                              {"slot_ptr": "i64"})  # fmt: skip
-            cfg = paged_attention.decode_config(q_heads // kv_heads, m["head_dim"], dtype)
+            cfg = paged_decode.decode_config(q_heads // kv_heads, m["head_dim"], dtype)
             warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
             for split, fused in ((False, False), (True, False), (True, True)):
                 ptrs = {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32", "counter_ptr": "i32"}
                 if split:
                     ptrs["out_ptr"] = "fp32"
                 label = f"paged_decode[{name},tp={tp},split={split}" + (",fused]" if fused else "]")
-                yield KernelSpec(label, paged_attention._paged_decode_kernel, dtype,
+                yield KernelSpec(label, paged_decode._paged_decode_kernel, dtype,
                                  {**cfg, "PAGE": 16, "SPLIT": split, "FUSED": fused}, warps, ptrs,
                                  num_stages=stages)  # fmt: skip
-        for block_s in (2, 16, paged_attention.MAX_SPLITS):
-            yield KernelSpec(f"merge_splits[{name},splits<={block_s}]", paged_attention._merge_splits_kernel, dtype,
+        for block_s in (2, 16, paged_decode.MAX_SPLITS):
+            yield KernelSpec(f"merge_splits[{name},splits<={block_s}]", paged_decode._merge_splits_kernel, dtype,
                              {"BLOCK_S": block_s, "BLOCK_D": m["head_dim"]}, 4,
                              {"partial_ptr": "fp32", "lse_ptr": "fp32"})  # fmt: skip
         # Prefill and chunked prefill (the LEMUR backend): head counts are launch-grid sizes, not
@@ -117,9 +116,9 @@ def lemur_70b_specs() -> Iterator[KernelSpec]:
         yield prefill_spec(dtype)
     # fp32 serving is rare, but the fp32 path uses IEEE products (not TF32): it must compile too.
     yield prefill_spec(torch.float32)
-    cfg = paged_attention.decode_config(8, m["head_dim"], torch.float32)
+    cfg = paged_decode.decode_config(8, m["head_dim"], torch.float32)
     warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-    yield KernelSpec("paged_decode[fp32,tp=8,split=False]", paged_attention._paged_decode_kernel, torch.float32,
+    yield KernelSpec("paged_decode[fp32,tp=8,split=False]", paged_decode._paged_decode_kernel, torch.float32,
                      {**cfg, "PAGE": 16, "SPLIT": False, "FUSED": False}, warps,
                      {"block_tables_ptr": "i32", "seq_lens_ptr": "i32", "lse_ptr": "fp32", "counter_ptr": "i32"},
                      num_stages=stages)  # fmt: skip

@@ -2,7 +2,7 @@
 
 `--kernels triton` registers it (kernels/vllm_plugin.py). What it runs:
 - the KV write: `kernels.kv_cache` (slots < 0, padding and dummy runs, are skipped);
-- decode requests (one new token): `kernels.paged_attention`'s paged decode,
+- decode requests (one new token): `kernels.paged_decode`'s paged decode,
   with split-K for long contexts over few sequences;
 - prefill and chunked-prefill requests (several new tokens against the
   cached prefix): `kernels.paged_prefill`.
@@ -39,7 +39,7 @@ tests/kernels/test_attention_backend.py):
   fixed per captured batch size. vLLM captures with max_seq_len =
   max_model_len, so a graph is split for the longest context; a replay with
   shorter sequences leaves some splits empty, and the merge skips them
-  (tests/kernels/test_paged_attention.py forces empty splits). Were a
+  (tests/kernels/test_paged_decode.py forces empty splits). Were a
   max_seq_len ever understated, the last split still runs to each
   sequence's end. Padded requests (seq_len 0) are skipped by the kernel.
 - Split-K partials, log-sum-exps and the fused merge's counters live in a
@@ -60,6 +60,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from lemur.kernels.common import runs_triton
+from lemur.kernels.kv_cache import write_kv, write_kv_reference
+from lemur.kernels.ops import backend_for
+from lemur.kernels.paged_attention import paged_attention
+from lemur.kernels.paged_decode import DecodeWorkspace, max_splits_for
+from lemur.kernels.paged_prefill import split_kv_cache
 from vllm.v1.attention.backend import (
     AttentionBackend,
     AttentionCGSupport,
@@ -70,12 +76,6 @@ from vllm.v1.attention.backend import (
 )
 from vllm.v1.attention.backends.utils import get_num_attention_heads_from_layers
 from vllm.v1.kv_cache_layout import KVCacheLayout
-
-from lemur.kernels.common import runs_triton
-from lemur.kernels.kv_cache import write_kv, write_kv_reference
-from lemur.kernels.ops import backend_for
-from lemur.kernels.paged_attention import DecodeWorkspace, max_splits_for
-from lemur.kernels.paged_prefill import paged_attention, split_kv_cache
 
 logger = logging.getLogger("vllm.lemur_kernels")
 NAME = "LEMUR"

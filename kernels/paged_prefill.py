@@ -22,8 +22,8 @@ request's length exit at once, so one launch covers a varlen batch. The heads
 of a GQA group re-read their K/V tiles; prefill is compute bound, and a
 group-packed variant is an optimisation for later.
 
-`paged_attention` is the entry point for one engine step: decode-only
-batches through the paged decode kernel, any other batch through this one.
+One engine step's attention, choosing between this kernel and paged decode,
+is `paged_attention.paged_attention`.
 """
 
 from __future__ import annotations
@@ -31,16 +31,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from lemur.kernels.common import INTERPRET, check, next_power_of_2, runs_triton
-from lemur.kernels.paged_attention import (
-    LOG2E,
-    DecodeWorkspace,
-    _load_page_tile,
-    check_paged_inputs,
-    paged_decode_attention,
-    paged_decode_attention_reference,
-)
+from lemur.kernels.common import INTERPRET, check, next_power_of_2
+from lemur.kernels.paged_decode import LOG2E, _load_page_tile, check_paged_inputs
 
 
 @triton.jit
@@ -249,57 +241,3 @@ def split_kv_cache(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor,
     value caches (blocks, block_size, kv_heads, D): views, not copies."""
     pages = kv_cache.transpose(1, 2)  # (blocks, block_size, kv_heads, 2 * D)
     return pages[..., :head_dim], pages[..., head_dim:]
-
-
-def paged_attention(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float,
-    out: torch.Tensor,
-    *,
-    max_query_len: int,
-    max_seq_len: int,
-    workspace: DecodeWorkspace | None = None,
-) -> torch.Tensor:
-    """One step's attention from the host-side maxima vLLM's metadata carries,
-    with no device sync (a CUDA graph can capture it):
-    - a decode-only batch (max_query_len 1, one row per request): the paged
-      decode kernel, split-K sized from (requests, max_seq_len) alone;
-    - any other batch: the prefill kernel over every request (a decode request
-      is a prefill of length 1), one launch.
-    Padded requests (length 0) are skipped."""
-    decode_only = max_query_len == 1 and query.shape[0] == seq_lens.shape[0]
-    if not runs_triton(query):  # the torch twins (CPU without the interpreter)
-        if decode_only:
-            out.copy_(paged_decode_attention_reference(query, key_cache, value_cache, block_tables, seq_lens, scale))
-            return out
-        return paged_prefill_attention_reference(
-            query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, out=out
-        )
-    if decode_only:
-        return paged_decode_attention(
-            query,
-            key_cache,
-            value_cache,
-            block_tables,
-            seq_lens,
-            scale,
-            max_seq_len=max_seq_len,
-            out=out,
-            workspace=workspace,
-        )
-    return paged_prefill_attention(
-        query,
-        key_cache,
-        value_cache,
-        block_tables,
-        query_start_loc,
-        seq_lens,
-        scale,
-        max_query_len=max_query_len,
-        out=out,
-    )

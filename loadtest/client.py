@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-
 from lemur.loadtest.dataset import BenchPrompt
 
 

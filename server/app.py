@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from lemur.server import playground
-from lemur.server.adapters import AdapterRegistry
 from lemur.server.admission import AdmissionConfig, AdmissionController
 from lemur.server.auth import KeyStore
 from lemur.server.chat_template import ChatTemplate, select_template
@@ -20,14 +19,16 @@ from lemur.server.config import GatewayConfig
 from lemur.server.engine import Engine, EngineRequest, SamplingSpec
 from lemur.server.errors import install_error_handlers
 from lemur.server.lifecycle import watch_engine
+from lemur.server.lora_registry import AdapterRegistry
 from lemur.server.metrics import Metrics
 from lemur.server.middleware import Authenticate, BodySizeLimit, RequestMiddleware
 from lemur.server.ratelimit import RateLimiter
-from lemur.server.routes import ClientDisconnected, api, probes
-from lemur.server.serving.adapters import AdapterService
+from lemur.server.routes import api, probes
 from lemur.server.serving.chat import ChatService
 from lemur.server.serving.completions import CompletionService
 from lemur.server.serving.context import Account, ServingContext, new_request_id
+from lemur.server.serving.lora_admin import AdapterService
+from lemur.server.serving.pipeline import ClientDisconnected
 from lemur.server.serving.prepare_pool import PreparePool
 from lemur.server.serving.respond import collect
 from lemur.server.tokenizer import Tokenizer
@@ -93,9 +94,9 @@ def create_app(
         app.state.ctx = ctx
         app.state.chat = ChatService(ctx)
         app.state.completions = CompletionService(ctx)
-        app.state.adapters = AdapterService(ctx)
+        app.state.lora_admin = AdapterService(ctx)
         try:
-            await app.state.adapters.load_configured()
+            await app.state.lora_admin.load_configured()
         except BaseException:
             ctx.pool.shutdown()
             await engine.shutdown()

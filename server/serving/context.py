@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from lemur.server.adapters import AdapterRegistry
 from lemur.server.admission import AdmissionController
 from lemur.server.auth import KeyStore
 from lemur.server.chat_template import ChatTemplate
 from lemur.server.config import GatewayConfig
 from lemur.server.engine import AdapterRef, Engine
 from lemur.server.errors import ModelNotFound
+from lemur.server.lora_registry import AdapterRegistry
 from lemur.server.metrics import Metrics
 from lemur.server.ratelimit import KeyLimiter, RateLimiter
 from lemur.server.serving.prepare_pool import PreparePool
@@ -47,7 +47,7 @@ class ServingContext:
     keys: KeyStore
     limiter: RateLimiter
     pool: PreparePool
-    adapters: AdapterRegistry
+    lora_registry: AdapterRegistry
     state: ServingState = field(default_factory=ServingState)
 
     @property
@@ -68,10 +68,10 @@ class ServingContext:
         """The base or adapter a request's `model` names (absent: the base)."""
         if requested is None or requested in self.config.served_model_names:
             return Target(requested or self.model_name)
-        adapter = self.adapters.get(requested)
+        adapter = self.lora_registry.get(requested)
         if adapter is not None:
             return Target(adapter.name, adapter.ref)
-        names = ", ".join(f"`{a.name}`" for a in self.adapters.all())
+        names = ", ".join(f"`{a.name}`" for a in self.lora_registry.all())
         also = f" and the adapters {names}" if names else ""
         raise ModelNotFound(
             f"The model `{requested}` does not exist. This server serves `{self.model_name}`{also}.", param="model"

@@ -51,14 +51,14 @@ async def _next_before(outputs: AsyncIterator[EngineOutput], deadline: float | N
 async def generate(ctx: ServingContext, request: EngineRequest, account: Account) -> AsyncIterator[EngineOutput]:
     adapter = request.adapter
     if adapter is not None:
-        ctx.adapters.acquire(adapter)  # 404 if unloaded meanwhile; an unload waits for the requests using it
+        ctx.lora_registry.acquire(adapter)  # 404 if unloaded meanwhile; an unload waits for the requests using it
     try:
         async with aclosing(_generate(ctx, request, account)) as outputs:  # closed with us: the abort runs now
             async for out in outputs:
                 yield out
     finally:
         if adapter is not None:
-            ctx.adapters.release(adapter)
+            ctx.lora_registry.release(adapter)
 
 
 async def _generate(ctx: ServingContext, request: EngineRequest, account: Account) -> AsyncIterator[EngineOutput]:

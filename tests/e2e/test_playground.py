@@ -2,23 +2,25 @@
 chromium-driver, driven by Selenium) against the real server and engine.
 
 The shared server requires API keys, so the page asks for one first. The
-screenshots this run takes are the ones in docs/images/ (README)."""
+screenshots go to a temporary folder, or to $LEMUR_SCREENSHOTS when set
+(`LEMUR_SCREENSHOTS=docs/images` retakes the README's)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, REPO, LiveServer
+from tests.conftest import API_KEY, LiveServer
 
 pytestmark = pytest.mark.e2e
 
-IMAGES = REPO / "docs" / "images"
 DESKTOP, PHONE = (1280, 900), (360, 780)
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WEATHER_TOOL = [{"type": "function", "function": {
@@ -96,6 +98,15 @@ def reply_done(driver) -> bool:
     )
 
 
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go: a temporary folder unless $LEMUR_SCREENSHOTS names one."""
+    chosen = os.environ.get("LEMUR_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def test_page_loads_without_errors_asks_for_a_key_and_lists_the_model(browser, server: LiveServer) -> None:
     r = httpx.get(server.url("/"), timeout=10)  # no key needed: the page is static
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
@@ -111,7 +122,7 @@ def test_page_loads_without_errors_asks_for_a_key_and_lists_the_model(browser, s
     assert console_errors(browser) == []
 
 
-def test_a_reply_streams_in_token_by_token(browser, server: LiveServer) -> None:
+def test_a_reply_streams_in_token_by_token(browser, server: LiveServer, images: Path) -> None:
     open_page(browser, server)
     wait_for(lambda: model_names(browser), what="the model list")
     set_value(browser, "max_tokens", "120")
@@ -131,13 +142,12 @@ def test_a_reply_streams_in_token_by_token(browser, server: LiveServer) -> None:
     assert len(growing) >= 3, lengths  # the text grew over at least 3 observations before it finished
     meta = browser.find_element("css selector", ".msg.assistant .meta").text
     assert "TTFT" in meta and "tok/s" in meta and " in / 120 out" in meta and "finish: length" in meta, meta
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(IMAGES / "playground-desktop.png"))
+    browser.save_screenshot(str(images / "playground-desktop.png"))
     browser.set_window_size(*PHONE)
     browser.execute_script("document.getElementById('settings').open = false; window.scrollTo(0, 0)")
     time.sleep(0.3)
     assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]  # no sideways scroll
-    browser.save_screenshot(str(IMAGES / "playground-phone.png"))
+    browser.save_screenshot(str(images / "playground-phone.png"))
     assert console_errors(browser) == []
 
 
@@ -195,7 +205,7 @@ def test_model_output_is_shown_as_text_never_run(browser, server: LiveServer) ->
     assert browser.execute_script("return document.querySelectorAll('#messages img, #messages script').length") == 0
 
 
-def test_tool_calls_show_as_cards_and_the_result_continues(browser, server: LiveServer) -> None:
+def test_tool_calls_show_as_cards_and_the_result_continues(browser, server: LiveServer, images: Path) -> None:
     open_page(browser, server)
     wait_for(lambda: model_names(browser), what="the model list")
     browser.execute_script("document.getElementById('tools-panel').open = true")
@@ -216,7 +226,7 @@ def test_tool_calls_show_as_cards_and_the_result_continues(browser, server: Live
     assert card.find_element("css selector", ".tool-name").text == "call get_weather"
     assert set(json.loads(card.find_element("css selector", "pre").text)) == {"city"}
     card.find_element("css selector", "textarea").send_keys('{"temperature_c": 21, "sky": "clear"}')
-    browser.save_screenshot(str(IMAGES / "playground-tool-call.png"))
+    browser.save_screenshot(str(images / "playground-tool-call.png"))
     set_value(browser, "tool_choice", "none")  # now answer in text
     browser.find_element("css selector", "button.continue").click()
     wait_for(lambda: len(browser.find_elements("css selector", ".msg.assistant")) == 2 and reply_done(browser),

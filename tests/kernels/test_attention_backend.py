@@ -15,7 +15,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm.v1.attention.backend")  # a bare GPU image may carry torch and triton only
-from lemur.kernels import paged_attention as pa
+from lemur.kernels import paged_decode as pa
 from lemur.kernels.attention_backend import (
     LemurAttentionBackend,
     LemurAttentionImpl,

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 pytest.importorskip("vllm.v1.attention.backend")  # a bare GPU image may carry torch and triton only
 from lemur.kernels import kv_cache
-from lemur.kernels import paged_attention as pa
+from lemur.kernels import paged_decode as pa
 from lemur.kernels import paged_prefill as pp
 from lemur.kernels.attention_backend import LemurAttentionImpl
 from vllm.v1.kv_cache_layout import KVCacheLayout

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from lemur.server.adapters import AdapterError, AdapterRegistry, inspect_adapter, read_safetensors_header
 from lemur.server.engine.base import BaseShapes, LoraLimits
 from lemur.server.errors import ModelNotFound
+from lemur.server.lora_registry import AdapterError, AdapterRegistry, inspect_adapter, read_safetensors_header
 
 from tests.support.lora import make_adapter, tiny_llama_config
 

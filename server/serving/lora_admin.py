@@ -1,6 +1,6 @@
 """Adapters at start-up and at run time: check, load into the engine, list.
 
-A load checks the files off the event loop (server/adapters.py), loads them
+A load checks the files off the event loop (server/lora_registry.py), loads them
 into the engine, and only then makes the name servable, so no request can
 reach an adapter that is not there. An unload makes the name unservable
 first (a request still queued for it gets 404 when it reaches the engine),
@@ -14,9 +14,9 @@ import asyncio
 import logging
 import time
 
-from lemur.server.adapters import Adapter
 from lemur.server.engine import EngineRejectedRequest
 from lemur.server.errors import InvalidRequest
+from lemur.server.lora_registry import Adapter
 from lemur.server.serving.context import ServingContext
 
 logger = logging.getLogger("lemur.adapters")
@@ -34,15 +34,15 @@ class AdapterService:
         ctx = self.ctx
         async with self._lock:
             t0 = time.perf_counter()
-            adapter = await asyncio.to_thread(ctx.adapters.check, name, path)
+            adapter = await asyncio.to_thread(ctx.lora_registry.check, name, path)
             try:
                 await ctx.engine.add_adapter(adapter.ref)
             except EngineRejectedRequest as exc:
                 raise InvalidRequest(str(exc), param="lora_path", code="invalid_adapter") from exc
-            ctx.adapters.register(adapter)
+            ctx.lora_registry.register(adapter)
             seconds = time.perf_counter() - t0
         ctx.metrics.adapter_load_seconds.observe(seconds)
-        ctx.metrics.adapters_loaded.set(len(ctx.adapters.all()))
+        ctx.metrics.adapters_loaded.set(len(ctx.lora_registry.all()))
         logger.info(
             "adapter %s loaded from %s (rank %d, trained on %s) in %.3fs",
             name,
@@ -61,14 +61,14 @@ class AdapterService:
         the engine), or after UNLOAD_WAIT_S."""
         ctx = self.ctx
         async with self._lock:
-            adapter = ctx.adapters.remove(name)  # 404 when unknown
+            adapter = ctx.lora_registry.remove(name)  # 404 when unknown
             try:
                 async with asyncio.timeout(UNLOAD_WAIT_S):
-                    await ctx.adapters.wait_unused(adapter.ref)
+                    await ctx.lora_registry.wait_unused(adapter.ref)
             except TimeoutError:
                 logger.warning("adapter %s unloaded with requests still using it", name, extra={"adapter": name})
             await ctx.engine.remove_adapter(adapter.ref)
-        ctx.metrics.adapters_loaded.set(len(ctx.adapters.all()))
+        ctx.metrics.adapters_loaded.set(len(ctx.lora_registry.all()))
         logger.info("adapter %s unloaded", name, extra={"adapter": name})
         return adapter
 

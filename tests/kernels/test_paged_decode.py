@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lemur.kernels import paged_attention as pa
+from lemur.kernels import paged_decode as pa
 from lemur.kernels.common import INTERPRET, KernelInputError
 
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close
