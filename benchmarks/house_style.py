@@ -22,10 +22,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.live_gateway import live_gateway  # noqa: E402
 from lemur.training.sft_demo import demo_conversations  # noqa: E402
 from lemur.training.sft_style import STYLE_PREFIX, STYLE_SUFFIX  # noqa: E402
-
-from benchmarks.live_gateway import live_gateway  # noqa: E402
 
 ADAPTER = "house-style"
 

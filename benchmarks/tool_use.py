@@ -23,9 +23,8 @@ import jsonschema
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lemur.training.sft_tools import eval_prompts  # noqa: E402
-
 from benchmarks.live_gateway import live_gateway  # noqa: E402
+from lemur.training.sft_tools import eval_prompts  # noqa: E402
 
 
 def judge(prompt: dict, reply) -> dict:

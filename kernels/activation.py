@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from lemur.kernels.common import (
     check,
     check_same_device,

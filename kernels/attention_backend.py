@@ -60,12 +60,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from lemur.kernels.common import runs_triton
-from lemur.kernels.kv_cache import write_kv, write_kv_reference
-from lemur.kernels.ops import backend_for
-from lemur.kernels.paged_attention import paged_attention
-from lemur.kernels.paged_decode import DecodeWorkspace, max_splits_for
-from lemur.kernels.paged_prefill import split_kv_cache
 from vllm.v1.attention.backend import (
     AttentionBackend,
     AttentionCGSupport,
@@ -76,6 +70,13 @@ from vllm.v1.attention.backend import (
 )
 from vllm.v1.attention.backends.utils import get_num_attention_heads_from_layers
 from vllm.v1.kv_cache_layout import KVCacheLayout
+
+from lemur.kernels.common import runs_triton
+from lemur.kernels.kv_cache import write_kv, write_kv_reference
+from lemur.kernels.ops import backend_for
+from lemur.kernels.paged_attention import paged_attention
+from lemur.kernels.paged_decode import DecodeWorkspace, max_splits_for
+from lemur.kernels.paged_prefill import split_kv_cache
 
 logger = logging.getLogger("vllm.lemur_kernels")
 NAME = "LEMUR"

@@ -11,12 +11,13 @@ contract either way.
 from __future__ import annotations
 
 import torch
+from torch.library import custom_op
+
 from lemur.kernels.activation import silu_and_mul as _triton_silu_and_mul
 from lemur.kernels.activation import silu_and_mul_reference
 from lemur.kernels.common import runs_triton
 from lemur.kernels.rmsnorm import fused_add_rmsnorm, fused_add_rmsnorm_reference, rmsnorm, rmsnorm_reference
 from lemur.kernels.rotary import rotary_embedding_neox, rotary_embedding_neox_reference
-from torch.library import custom_op
 
 
 @custom_op("lemur::rms_norm", mutates_args=())

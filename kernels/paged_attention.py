@@ -6,6 +6,7 @@ kernel (paged_prefill.py); the torch twins where Triton does not run.
 from __future__ import annotations
 
 import torch
+
 from lemur.kernels.common import runs_triton
 from lemur.kernels.paged_decode import DecodeWorkspace, paged_decode_attention, paged_decode_attention_reference
 from lemur.kernels.paged_prefill import paged_prefill_attention, paged_prefill_attention_reference

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from lemur.kernels.common import INTERPRET, check, next_power_of_2
 from lemur.kernels.paged_decode import LOG2E, _load_page_tile, check_paged_inputs
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from lemur.kernels.common import INDEX_DTYPES, check, check_same_device, check_tensor, next_power_of_2
 
 

@@ -12,12 +12,13 @@ would turn custom ops off: the user asked for them by name.
 from __future__ import annotations
 
 import torch
-from lemur.kernels import ops
 from vllm.logger import init_logger
 from vllm.model_executor.custom_op import CustomOp, op_registry_oot
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
+
+from lemur.kernels import ops
 
 logger = init_logger("vllm.plugins.lemur_kernels")
 _announced: set[str] = set()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
 from lemur.loadtest.dataset import BenchPrompt
 
 

@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+
+from lemur import __version__
 from lemur.server import playground
 from lemur.server.admission import AdmissionConfig, AdmissionController
 from lemur.server.auth import KeyStore
@@ -32,8 +34,6 @@ from lemur.server.serving.pipeline import ClientDisconnected
 from lemur.server.serving.prepare_pool import PreparePool
 from lemur.server.serving.respond import collect
 from lemur.server.tokenizer import Tokenizer
-
-from lemur import __version__
 
 logger = logging.getLogger("lemur.app")
 # Threads that render and tokenize prompts (HF tokenizers release the GIL while they encode).

@@ -17,9 +17,9 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from lemur.server.errors import InvalidRequest
 
 from lemur.chat_format import LEGACY_LEMUR_TEMPLATES, LEMUR_CHATML_TEMPLATE
+from lemur.server.errors import InvalidRequest
 
 
 def _raise(message: str) -> None:

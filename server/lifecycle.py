@@ -17,6 +17,7 @@ from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+
 from lemur.server.config import ABORT_GRACE_S
 from lemur.server.serving.context import ServingContext
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lemur.hardware.cpu import cpu_model, request_amx_permission
 from lemur.kernels.vllm_plugin import CHOICES as KERNEL_CHOICES
 from lemur.kernels.vllm_plugin import ENV_VAR as KERNELS_ENV_VAR
 from lemur.kernels.vllm_plugin import requested as requested_kernels
@@ -25,8 +26,6 @@ from lemur.server.auth import KeyStore, is_loopback
 from lemur.server.config import ENGINE, GROUPS, HTTP_CLOSE_GRACE_S, KEYS, MODEL, GatewayConfig
 from lemur.server.flags import GROUP_PREFIX, add_flags, flag, from_args
 from lemur.server.logs import setup_logging
-
-from lemur.hardware.cpu import cpu_model, request_amx_permission
 
 # Adapters that may share a batch when --max-loras is not given (vLLM's own default is 1).
 DEFAULT_MAX_LORAS = 4
@@ -188,6 +187,7 @@ def serve(argv: list[str], default_model: Callable[[], Path]) -> int:
 def run(config: GatewayConfig, options: LaunchOptions, ns: argparse.Namespace, listen_socket: socket.socket) -> int:
     """The engine behind the app behind uvicorn, until a drain or the engine's death."""
     import uvicorn
+
     from lemur.server.app import create_app
     from lemur.server.engine import Engine, vllm_engine
     from lemur.server.lifecycle import GatewayServer

@@ -18,12 +18,12 @@ import re
 import time
 import uuid
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from lemur.server.auth import ANONYMOUS, digest
 from lemur.server.errors import APIError, AuthenticationFailed, NotFound, error_body
 from lemur.server.playground import is_page_path
 from lemur.server.serving.context import Caller, ServingContext
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from server.logs import request_id_var
 
 logger = logging.getLogger("lemur.access")

@@ -3,9 +3,11 @@ goes through server/serving/pipeline.py), errors are raised."""
 
 from __future__ import annotations
 
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lemur import __version__
 from lemur.server.engine import EngineDeadError
 from lemur.server.errors import ServiceUnavailable, error_body
 from lemur.server.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
@@ -17,10 +19,6 @@ from lemur.server.serving.context import Caller, ServingContext, Target
 from lemur.server.serving.pipeline import serve
 from lemur.server.serving.prompt import render_messages
 from lemur.server.serving.sampling import check_token_ids
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from lemur import __version__
-
 
 
 def context(request: Request) -> ServingContext:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from lemur.server import live
 from lemur.server.live import LiveServer, free_port, wait_ready
 from lemur.server.live import stop as stop_server

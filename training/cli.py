@@ -18,9 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from lemur.training.config import load_config
-
 from lemur.hardware.cpu import request_amx_permission
+from lemur.training.config import load_config
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from lemur.training.config import DataConfig
 from lemur.training.corpus import Document
 

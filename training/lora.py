@@ -71,9 +71,10 @@ def merge_adapter(adapter: Path, dst: Path, base: Path | None = None, max_shard_
     import tempfile
 
     import torch
-    from lemur.training.export import export_checkpoint
     from peft import PeftModel
     from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from lemur.training.export import export_checkpoint
 
     base = base or Path(adapter_base(adapter))
     if not (base / "config.json").is_file():

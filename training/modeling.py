@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lemur.chat_format import LEMUR_CHATML_TEMPLATE
 from lemur.training.config import ModelConfig
 from lemur.training.corpus import Document
 from lemur.training.tokenizer import add_lemur_tokens, resize_embeddings_mean, save_hf_tokenizer, train_bpe_tokenizer
-
-from lemur.chat_format import LEMUR_CHATML_TEMPLATE
 
 
 def build_tokenizer(cfg: ModelConfig, docs: list[Document], out_dir: Path):

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
 from lemur.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lemur.training.config import DistributedConfig, PhaseConfig
 from lemur.training.data import iter_index_batches

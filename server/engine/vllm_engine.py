@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lemur.hardware.cpu import allowed_cpus, numa_nodes, thread_binding
 from lemur.server.config import DEFAULT_CPU_KVCACHE_GIB
 from lemur.server.engine.base import (
     AdapterRef,
@@ -34,8 +35,6 @@ from lemur.server.engine.base import (
 )
 from lemur.server.engine.death import EngineDeath, anything_died, diagnose, read_events
 from lemur.server.engine.vllm_hooks import EVENTS_ENV
-
-from lemur.hardware.cpu import allowed_cpus, numa_nodes, thread_binding
 
 # vLLM's CPU backend refuses to start without a KV-cache budget (GiB).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)

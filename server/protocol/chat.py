@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
+
 from lemur.server.protocol.common import OpenAIModel, ResponseModel, SamplingFields, SparseResponseModel, Usage
 from lemur.server.protocol.tools import (
     DeltaToolCall,
@@ -14,8 +17,6 @@ from lemur.server.protocol.tools import (
     ToolCall,
     ToolChoice,
 )
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
-from pydantic_core import PydanticCustomError
 
 
 class TextPart(OpenAIModel):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lemur.server.protocol.common import ResponseModel, SamplingFields, Usage
 from pydantic import Field, model_validator
+
+from lemur.server.protocol.common import ResponseModel, SamplingFields, Usage
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 

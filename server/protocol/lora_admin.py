@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lemur.server.protocol.common import RequestModel, ResponseModel
 from pydantic import Field
+
+from lemur.server.protocol.common import RequestModel, ResponseModel
 
 
 class LoadLoraAdapterRequest(RequestModel):

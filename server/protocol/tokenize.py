@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import model_validator
+
 from lemur.server.protocol.chat import ChatMessage
 from lemur.server.protocol.common import RequestModel, ResponseModel
 from lemur.server.protocol.tools import Tool
-from pydantic import model_validator
 
 
 class TokenizeRequest(RequestModel):

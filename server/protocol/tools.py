@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from lemur.server.protocol.common import OpenAIModel, ResponseModel, SparseResponseModel
 from pydantic import Field, field_validator, model_validator
+
+from lemur.server.protocol.common import OpenAIModel, ResponseModel, SparseResponseModel
 
 # OpenAI's rule for function and schema names.
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

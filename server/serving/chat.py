@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from pydantic import BaseModel
+
 from lemur.server.engine import EngineOutput, EngineRequest, StructuredSpec, TokenLogprob
 from lemur.server.protocol.chat import (
     ChatChoice,
@@ -28,7 +30,6 @@ from lemur.server.serving.respond import ChoiceResult, Prepared
 from lemur.server.serving.sampling import build_sampling
 from lemur.server.serving.structured import structured_spec
 from lemur.server.serving.tool_calls import Step, ToolCallParser
-from pydantic import BaseModel
 
 
 def _logprobs(ctx: ServingContext, items: Sequence[TokenLogprob]) -> ChatLogprobs:

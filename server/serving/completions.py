@@ -6,6 +6,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from lemur.server.engine import EngineOutput, EngineRequest, TokenLogprob
 from lemur.server.protocol.common import Usage
 from lemur.server.protocol.completions import (
@@ -19,7 +21,6 @@ from lemur.server.serving.limits import check_echo_logprobs, check_max_tokens, c
 from lemur.server.serving.respond import ChoiceResult, Prepared
 from lemur.server.serving.sampling import build_sampling, check_token_ids
 from lemur.server.tokenizer import Tokenizer
-from pydantic import BaseModel
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ from typing import Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.types import Message, Receive, Scope, Send
+
 from lemur.server.admission import Permit
 from lemur.server.errors import ServiceUnavailable
 from lemur.server.protocol.chat import ChatCompletionRequest
@@ -22,8 +25,6 @@ from lemur.server.serving.context import Caller, ServingContext
 from lemur.server.serving.generation import most_tokens
 from lemur.server.serving.respond import Prepared
 from lemur.server.serving.sse import EventStream
-from pydantic import BaseModel
-from starlette.types import Message, Receive, Scope, Send
 
 T = TypeVar("T")
 B = TypeVar("B", ChatCompletionRequest, CompletionRequest)

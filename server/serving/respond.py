@@ -14,13 +14,14 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pydantic import BaseModel
+
 from lemur.server.engine import EngineOutput, EngineRequest, TokenLogprob
 from lemur.server.errors import APIError
 from lemur.server.protocol.common import Usage
 from lemur.server.serving.context import Account, ServingContext
 from lemur.server.serving.generation import merge, prime
 from lemur.server.serving.sse import SSE_DONE, EventStream, sse, sse_error
-from pydantic import BaseModel
 
 
 @dataclass

@@ -7,8 +7,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from lemur.server.errors import APIError
 from pydantic import BaseModel
+
+from lemur.server.errors import APIError
 
 SSE_DONE = "data: [DONE]\n\n"
 

@@ -26,12 +26,12 @@ from functools import lru_cache
 from typing import Any
 
 import jsonschema
+
+from lemur.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
 from lemur.server.engine import StructuredSpec
 from lemur.server.errors import InvalidRequest
 from lemur.server.protocol.chat import ChatCompletionRequest
 from lemur.server.protocol.tools import NamedToolChoice
-
-from lemur.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
 
 # xgrammar 0.2.8 writes the characters of a string with min/maxLength as
 # [^"\\\r\n], which admits raw control characters (invalid in JSON strings).

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from lemur.server.config import ABORT_GRACE_S, HTTP_CLOSE_GRACE_S
 
 from lemur.plan import plan
+from lemur.server.config import ABORT_GRACE_S, HTTP_CLOSE_GRACE_S
 from tests.support.deploy import (
     COMPOSE_DIR,
     K8S_DIR,

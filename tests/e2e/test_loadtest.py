@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from lemur.loadtest.cli import main as bench_main
 
+from lemur.loadtest.cli import main as bench_main
 from tests.conftest import MODEL_NAME
 
 FIGURES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")

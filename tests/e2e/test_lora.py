@@ -17,10 +17,10 @@ import httpx
 import openai
 import pytest
 import torch
+
 from lemur.training.config import load_config
 from lemur.training.distributed import Dist
 from lemur.training.sft_style import STYLE_PREFIX
-
 from tests.conftest import API_KEY, LiveServer, start_server, stop_server
 from tests.support.lora import make_adapter, tiny_llama_config
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from lemur.server.auth import hash_line
 
+from lemur.server.auth import hash_line
 from tests.conftest import API_KEY, LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.e2e

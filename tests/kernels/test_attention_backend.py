@@ -15,6 +15,10 @@ import pytest
 import torch
 
 pytest.importorskip("vllm.v1.attention.backend")  # a bare GPU image may carry torch and triton only
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_layout import KVCacheLayout
+
 from lemur.kernels import paged_decode as pa
 from lemur.kernels.attention_backend import (
     LemurAttentionBackend,
@@ -22,10 +26,6 @@ from lemur.kernels.attention_backend import (
     LemurCPUAttentionBackend,
     LemurMetadataBuilder,
 )
-from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
-from vllm.v1.kv_cache_interface import FullAttentionSpec
-from vllm.v1.kv_cache_layout import KVCacheLayout
-
 from tests.kernels.conftest import DEVICE, assert_close
 from tests.kernels.test_paged_prefill import dense_causal
 
@@ -162,9 +162,10 @@ def test_non_causal_metadata_is_refused() -> None:
 )
 def test_the_plugin_registers_lemur_where_vllm_looks(monkeypatch: pytest.MonkeyPatch, cpu: bool, enum: str, cls):
     """On CUDA, `--attention-backend CUSTOM` resolves to LEMUR; on CPU, CPU_ATTN does."""
-    from lemur.kernels.vllm_plugin import register_attention_backend
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends import registry
+
+    from lemur.kernels.vllm_plugin import register_attention_backend
 
     monkeypatch.setattr(registry, "_ATTN_OVERRIDES", {})  # the process's registry is left as it was
     monkeypatch.setattr(current_platform, "is_cpu", lambda: cpu)

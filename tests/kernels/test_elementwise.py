@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lemur.kernels.activation import silu_and_mul, silu_and_mul_reference
 from lemur.kernels.common import KernelInputError
 from lemur.kernels.kv_cache import write_kv, write_kv_reference
 from lemur.kernels.rmsnorm import fused_add_rmsnorm, fused_add_rmsnorm_reference, rmsnorm, rmsnorm_reference
 from lemur.kernels.rotary import rotary_embedding_neox, rotary_embedding_neox_reference
-
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close
 
 

@@ -14,12 +14,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 pytest.importorskip("vllm.v1.attention.backend")  # a bare GPU image may carry torch and triton only
+from vllm.v1.kv_cache_layout import KVCacheLayout
+
 from lemur.kernels import kv_cache
 from lemur.kernels import paged_decode as pa
 from lemur.kernels import paged_prefill as pp
 from lemur.kernels.attention_backend import LemurAttentionImpl
-from vllm.v1.kv_cache_layout import KVCacheLayout
-
 from tests.kernels.conftest import DEVICE
 from tests.kernels.test_attention_backend import HEAD_DIM, KV_HEADS, Q_HEADS, layer_cache, make_builder, step_metadata
 

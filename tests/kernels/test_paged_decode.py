@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lemur.kernels import paged_decode as pa
 from lemur.kernels.common import INTERPRET, KernelInputError
-
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close
 
 # Relative error of the whole output (norm of the difference over norm of the

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lemur.kernels.kv_cache import write_kv_reference
 from lemur.kernels.paged_attention import paged_attention
 from lemur.kernels.paged_prefill import paged_prefill_attention_reference, split_kv_cache
-
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close
 
 

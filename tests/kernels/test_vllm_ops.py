@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lemur.kernels import ops
 from lemur.kernels.activation import silu_and_mul_reference
 from lemur.kernels.rmsnorm import fused_add_rmsnorm_reference, rmsnorm_reference
 from lemur.kernels.rotary import rotary_embedding_neox_reference
-
 from tests.kernels.conftest import DEVICE, assert_close
 
 vllm_config = pytest.importorskip("vllm.config")

@@ -38,6 +38,7 @@ class Routes:
 @cache
 def routes() -> Routes:
     from fastapi.routing import APIRoute
+
     from lemur.server import routes as handlers
     from lemur.server.app import create_app
     from lemur.server.config import GatewayConfig

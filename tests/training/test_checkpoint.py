@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lemur.training import checkpoint
 from lemur.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from lemur.chat_format import LEMUR_ADDED_TOKENS
 from lemur.training.config import ModelConfig
 from lemur.training.corpus import stdlib_python_files
 from lemur.training.modeling import build_model, build_tokenizer
 from lemur.training.tokenizer import iter_files_text, train_bpe_tokenizer
-
-from lemur.chat_format import LEMUR_ADDED_TOKENS
 
 
 def make_base_llama(path: Path) -> torch.Tensor:

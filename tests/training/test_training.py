@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from lemur.chat_format import IM_END, LEMUR_ADDED_TOKENS
 from lemur.training.config import load_config
 from lemur.training.distributed import Dist
 from lemur.training.recipe import run_pretrain, run_recipe
 from lemur.training.sft_data import IGNORE, tokenize_conversation
-
-from lemur.chat_format import IM_END, LEMUR_ADDED_TOKENS
 
 REPO = Path(__file__).resolve().parents[2]
 MICRO = str(Path(__file__).with_name("micro.toml"))
@@ -203,9 +203,10 @@ def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path
 
 def test_data_build_is_deterministic(micro_run, tmp_path: Path) -> None:
     import numpy as np
+    from transformers import AutoTokenizer
+
     from lemur.training.corpus import iter_documents
     from lemur.training.data import build_pretrain_data
-    from transformers import AutoTokenizer
 
     run, _, _ = micro_run
     cfg = load_config(MICRO).data
@@ -297,9 +298,10 @@ def test_exported_adapter_reloads_in_peft_bit_exactly(lora_run) -> None:
 
 
 def test_merged_adapter_equals_the_peft_model(lora_run, tmp_path: Path) -> None:
-    from lemur.training.cli import main as train_main
     from peft import PeftModel
     from transformers import LlamaForCausalLM
+
+    from lemur.training.cli import main as train_main
 
     run, export, _ = lora_run
     adapter = run / "sft" / "final"

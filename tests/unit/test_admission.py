@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from lemur.server.admission import AdmissionConfig, AdmissionController, RateLimited, ServerOverloaded
 
 

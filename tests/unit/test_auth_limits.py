@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+
 from lemur.server.app import create_app
 from lemur.server.auth import ANONYMOUS, ENV_VAR, KeyStore, hash_line, parse_keys_file
 from lemur.server.config import GatewayConfig
 from lemur.server.ratelimit import TokenBucket
-
 from tests.support.fake_engine import FakeEngine
 
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-9876543210"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from lemur.server.chat_template import ChatTemplate, select_template
-from lemur.server.errors import InvalidRequest
 
 from lemur.chat_format import LEMUR_CHATML_TEMPLATE
+from lemur.server.chat_template import ChatTemplate, select_template
+from lemur.server.errors import InvalidRequest
 
 CONTROLS = ("<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|im_sep|>", "<|diff_marker|>", "<pad>", "<unk>")
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]

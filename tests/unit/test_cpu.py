@@ -8,9 +8,8 @@ import json
 import signal
 from pathlib import Path
 
-from lemur.server.engine.death import diagnose, read_events
-
 from lemur.hardware import cpu
+from lemur.server.engine.death import diagnose, read_events
 
 
 def test_binding_not_needed_for_one_rank_or_a_node_per_rank() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
 from lemur.server.app import create_app
 from lemur.server.config import GatewayConfig
 from lemur.server.errors import ContextLengthExceeded
 from lemur.server.serving.sampling import resolve_max_tokens
-
 from tests.support.fake_engine import FakeEngine
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from lemur.loadtest.client import RequestResult
 from lemur.loadtest.report import Slo, percentile, summarize, timeline
-
 from tests.conftest import MODEL_NAME, start_server, stop_server
 
 FIGURES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")

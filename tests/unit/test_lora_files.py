@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+
 from lemur.server.engine.base import BaseShapes, LoraLimits
 from lemur.server.errors import ModelNotFound
 from lemur.server.lora_registry import AdapterError, AdapterRegistry, inspect_adapter, read_safetensors_header
-
 from tests.support.lora import make_adapter, tiny_llama_config
 
 SHAPES = BaseShapes(hidden_size=128, intermediate_size=352, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32)
@@ -131,8 +131,9 @@ def test_cpu_lora_ops_leave_base_model_rows_alone(name: str) -> None:
     (base-model tokens); with the fix those rows are untouched and the others
     get exactly what the original op computes."""
     import torch
-    from lemur.server.engine.cpu_lora_fix import skip_base_rows
     from vllm.lora.ops.torch_ops import lora_ops
+
+    from lemur.server.engine.cpu_lora_fix import skip_base_rows
 
     original = getattr(getattr(lora_ops, name), "__wrapped__", getattr(lora_ops, name))
     torch.manual_seed(0)

@@ -6,14 +6,14 @@ import json
 import random
 
 import pytest
+
+from lemur.chat_format import LEMUR_CHATML_TEMPLATE
 from lemur.server.chat_template import ChatTemplate
 from lemur.server.engine import StructuredSpec
 from lemur.server.errors import InvalidRequest
 from lemur.server.protocol.chat import ChatCompletionRequest
 from lemur.server.serving.structured import schema_grammar, structured_spec
 from lemur.server.serving.tool_calls import ToolCallParser
-
-from lemur.chat_format import LEMUR_CHATML_TEMPLATE
 
 REPLIES = [
     'Let me check. <tool_call>{"name":"get_weather","arguments":{"city":"Pa}ris","n":{"a":1}}}</tool_call>',
@@ -171,8 +171,9 @@ def test_bad_schemas_are_400(schema) -> None:
 )  # fmt: skip
 def test_bad_tool_requests_name_the_param(fields: dict, param: str) -> None:
     from fastapi.exceptions import RequestValidationError
-    from lemur.server.errors import _validation_message
     from pydantic import ValidationError
+
+    from lemur.server.errors import _validation_message
 
     with pytest.raises(ValidationError) as info:
         request(**fields)
