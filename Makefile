@@ -10,7 +10,7 @@ PORT   ?= 8000
 
 ADAPTER ?= models/adapters/house-style
 
-.PHONY: install model adapter browser serve test test-fast layers lint format clean
+.PHONY: install model adapter browser serve screenshots test test-fast layers lint format clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null || \
 		  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+# The README's playground screenshots, on the trained default model.
+screenshots: install browser model
+	$(BIN)/python -m tests.e2e.screenshots --model $(MODEL) --out docs/images
 
 # Everything: unit, kernels, training, deploy and e2e (the real server on the real engine).
 test: install browser

@@ -93,10 +93,13 @@ def _help(f: Field, spec: Flag) -> str:
     return text
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, order: tuple[str, ...] = ()) -> list[str]:
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type, order: tuple[str, ...] = (), positionals: bool = True
+) -> list[str]:
     """The flags of `cls`'s fields, in argument groups titled 'gateway: GROUP'
     (those in `order` first, in that order, created if missing); returns the
-    titles of the groups it used."""
+    titles of the groups it used. `positionals=False` leaves positional
+    arguments out (a parser that reads some flags among others')."""
     hints = typing.get_type_hints(cls)
     groups = {g.title: g for g in parser._action_groups if g.title}
     for name in order:
@@ -111,7 +114,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, order: tuple[str, ...]
                 engine_defaults[spec_e.dest] = spec_e.engine_default
             continue
         spec: Flag | None = f.metadata.get("flag")
-        if spec is None:
+        if spec is None or (spec.positional and not positionals):
             continue
         title = GROUP_PREFIX + spec.group
         if title not in groups:

@@ -95,6 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def early_checks(argv: list[str]) -> socket.socket | None:
+    """The gateway's own flags read alone, before vLLM is imported (which
+    takes seconds): bad keys, an open non-loopback host, a taken port or a
+    missing chat template fail at once. Returns the reserved listening socket
+    (None for --help, which the full parser answers)."""
+    if any(arg in ("-h", "--help") or arg.startswith("--help=") for arg in argv):
+        return None
+    pre = argparse.ArgumentParser(prog="lemur serve", usage=USAGE, add_help=False, allow_abbrev=False)
+    add_flags(pre, LaunchOptions, positionals=False)
+    add_flags(pre, GatewayConfig)
+    ns, _ = pre.parse_known_args(argv)  # vLLM's flags are left for the full parser
+    try:
+        options, config = from_args(LaunchOptions, ns, model_tag=None), from_args(GatewayConfig, ns)
+    except argparse.ArgumentTypeError as exc:
+        pre.error(str(exc))
+    check_access(pre, config, options)
+    check_chat_template(pre, config)
+    return reserve_port(pre, config)
+
+
 def read_flags(
     parser: argparse.ArgumentParser, argv: list[str]
 ) -> tuple[argparse.Namespace, LaunchOptions, GatewayConfig]:
@@ -171,11 +191,11 @@ def enable_lora(ns: argparse.Namespace, config: GatewayConfig) -> None:
 
 def serve(argv: list[str], default_model: Callable[[], Path]) -> int:
     select_kernels(argv)
+    listen_socket = early_checks(argv)
     parser = build_parser()
     ns, options, config = read_flags(parser, argv)
-    check_access(parser, config, options)
-    listen_socket = reserve_port(parser, config)
-    check_chat_template(parser, config)
+    if listen_socket is None:
+        listen_socket = reserve_port(parser, config)
     config = dataclasses.replace(config, served_model_names=resolve_model(ns, options, default_model))
     enable_lora(ns, config)
     setup_logging(config.log_level.upper(), config.log_format)

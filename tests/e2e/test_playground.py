@@ -29,8 +29,8 @@ WEATHER_TOOL = [{"type": "function", "function": {
                    "required": ["city"]}}}]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
+def make_driver():
+    """Debian's headless Chromium through its local chromedriver (no download)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -40,8 +40,14 @@ def browser() -> Iterator:
                 f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):  # fmt: skip
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # a local driver: no download
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_script_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    driver = make_driver()
     yield driver
     driver.quit()
 
