@@ -95,10 +95,11 @@ def start(
     env: dict[str, str] | None = None,
     api_key: str | None = None,
     timeout: float = 300,
+    cwd: Path | None = None,
 ) -> LiveServer:
     """A ready server; launched again on another port if its port was taken meanwhile."""
     for attempt in range(3):
-        server = launch(model, log_path, extra, env, api_key)
+        server = launch(model, log_path, extra, env, api_key, cwd)
         try:
             wait_ready(server, timeout)
             return server

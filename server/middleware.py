@@ -22,9 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lemur.server.auth import ANONYMOUS, digest
 from lemur.server.errors import APIError, AuthenticationFailed, NotFound, error_body
+from lemur.server.logs import request_id_var
 from lemur.server.playground import is_page_path
 from lemur.server.serving.context import Caller, ServingContext
-from server.logs import request_id_var
 
 logger = logging.getLogger("lemur.access")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")

@@ -47,13 +47,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_server(
     checkpoint: Path, log_path: Path, extra: list[str], timeout: float = 300, env: dict[str, str] | None = None
 ) -> LiveServer:
-    """A ready `lemur serve` on the checkpoint with the tests' flags (the test key in its headers)."""
-    return live.start(checkpoint, log_path, [*TEST_FLAGS, *extra], env, API_KEY, timeout)
+    """A ready `lemur serve` on the checkpoint with the tests' flags (the test key in its headers),
+    run from the log's folder: a checkout's root on sys.path would make its
+    folders importable by their own names (`server.logs` beside lemur.server.logs)."""
+    return live.start(checkpoint, log_path, [*TEST_FLAGS, *extra], env, API_KEY, timeout, cwd=log_path.parent)
 
 
 def launch_server(checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str] | None = None) -> LiveServer:
     """The same, without waiting for it."""
-    return live.launch(checkpoint, log_path, [*TEST_FLAGS, *extra], env, API_KEY)
+    return live.launch(checkpoint, log_path, [*TEST_FLAGS, *extra], env, API_KEY, cwd=log_path.parent)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from server.logs import TextFormatter
+from lemur.server.logs import TextFormatter
 from tests.conftest import start_server, stop_server
 
 FAKE_LINE = "INFO lemur.auth: admin key accepted"

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,7 @@ def run_py(code: str) -> str:
 
 # `make install` downloads Hugging Face's `kernels` wheel (pinned) for the test below.
 HF_KERNELS_WHEELS = REPO / ".venv" / "wheels"
+SOURCE_FILES = ("pyproject.toml", "README.md")
 SIDE_BY_SIDE = """
 import importlib.metadata as md, kernels, lemur.kernels, lemur.kernels.rmsnorm
 from transformers.utils.import_utils import is_kernels_available
@@ -38,7 +40,14 @@ def test_the_wheel_adds_one_import_name_and_installs_beside_hf_kernels(tmp_path:
     Hugging Face's `kernels` (which transformers and vLLM probe for by that
     name) into one site folder, both import and transformers takes theirs."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(REPO)]
+    # Built from a copy: setuptools leaves a build/ folder beside the sources.
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    source = tmp_path / "source"
+    for name in tracked.split():
+        if name.startswith(("lemur/", "server/", "kernels/", "training/", "loadtest/")) or name in SOURCE_FILES:
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)]
     subprocess.run(build, check=True, capture_output=True, timeout=300)
     (ours,) = (tmp_path / "dist").glob("lemur_serve-*.whl")
     top = {name.split("/")[0] for name in zipfile.ZipFile(ours).namelist()}
