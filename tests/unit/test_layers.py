@@ -45,38 +45,39 @@ def test_the_tree_keeps_the_floor_plan(tmp_path: Path) -> None:
     assert "Contracts: 3 kept, 0 broken." in out.stdout
 
 
-def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
-    """A kernel module that imports the gateway, and a gateway module that imports the command."""
+def broken(tmp_path: Path, added: dict[str, str]) -> str:
+    """lint-imports' report on the laid-out tree plus `added` modules (path under lemur/: source); it must fail."""
     root = lay_out(tmp_path)
-    (root / "lemur" / "kernels" / "upward.py").write_text("from lemur.server import config\n")
-    (root / "lemur" / "server" / "upward.py").write_text("def f():\n    import lemur.cli\n")
+    for name, source in added.items():
+        (root / "lemur" / name).write_text(source)
     out = lint_imports(root)
     assert out.returncode == 1, out.stdout[-4000:]
-    assert "Contracts: 2 kept, 1 broken." in out.stdout
-    assert "lemur.kernels.upward -> lemur.server.config" in out.stdout
-    assert "lemur.server.upward -> lemur.cli" in out.stdout
+    return out.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    """A kernel module that imports the gateway, and a gateway module that imports the command."""
+    report = broken(tmp_path, {"kernels/upward.py": "from lemur.server import config\n",
+                               "server/upward.py": "def f():\n    import lemur.cli\n"})  # fmt: skip
+    assert "Contracts: 2 kept, 1 broken." in report
+    assert "lemur.kernels.upward -> lemur.server.config" in report
+    assert "lemur.server.upward -> lemur.cli" in report
 
 
 def test_a_sibling_import_and_a_stray_vllm_import_break_it(tmp_path: Path) -> None:
-    root = lay_out(tmp_path)
-    (root / "lemur" / "training" / "sideways.py").write_text("from lemur.server import errors\n")
-    (root / "lemur" / "server" / "routes_vllm.py").write_text("import vllm\n")
-    out = lint_imports(root)
-    assert out.returncode == 1, out.stdout[-4000:]
-    assert "Contracts: 1 kept, 2 broken." in out.stdout
-    assert "lemur.training.sideways -> lemur.server.errors" in out.stdout
-    assert "lemur.server.routes_vllm -> vllm" in out.stdout
+    report = broken(tmp_path, {"training/sideways.py": "from lemur.server import errors\n",
+                               "server/routes_vllm.py": "import vllm\n"})  # fmt: skip
+    assert "Contracts: 1 kept, 2 broken." in report
+    assert "lemur.training.sideways -> lemur.server.errors" in report
+    assert "lemur.server.routes_vllm -> vllm" in report
 
 
 def test_a_wing_imported_by_its_folder_name_breaks_it(tmp_path: Path) -> None:
     """From a checkout's root `server.logs` also imports, as a second copy of
     lemur.server.logs (with its own request-id variable): never allowed."""
-    root = lay_out(tmp_path)
-    (root / "lemur" / "server" / "twice.py").write_text("from server.logs import request_id_var\n")
-    out = lint_imports(root)
-    assert out.returncode == 1, out.stdout[-4000:]
-    assert "Contracts: 2 kept, 1 broken." in out.stdout
-    assert "lemur.server.twice -> server" in out.stdout
+    report = broken(tmp_path, {"server/twice.py": "from server.logs import request_id_var\n"})
+    assert "Contracts: 2 kept, 1 broken." in report
+    assert "lemur.server.twice -> server" in report
 
 
 def test_tests_and_benchmarks_import_the_wings_as_lemur() -> None:
