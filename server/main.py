@@ -24,12 +24,14 @@ from lemur.kernels.vllm_plugin import requested as requested_kernels
 from lemur.server.auth import ENV_VAR as KEYS_ENV_VAR
 from lemur.server.auth import KeyStore, is_loopback
 from lemur.server.config import ENGINE, GROUPS, HTTP_CLOSE_GRACE_S, KEYS, MODEL, GatewayConfig
+from lemur.server.engine import Engine
 from lemur.server.flags import GROUP_PREFIX, add_flags, flag, from_args
 from lemur.server.logs import setup_logging
 
 # Adapters that may share a batch when --max-loras is not given (vLLM's own default is 1).
 DEFAULT_MAX_LORAS = 4
 RAY_ENV_VARS = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+EngineFactory = Callable[[], "Engine"]
 USAGE = "lemur serve [MODEL] [gateway flags] [vLLM engine flags]"
 
 
@@ -95,6 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_mock_parser() -> argparse.ArgumentParser:
+    """`--engine mock` needs no vLLM: our flags, and the few engine flags the
+    gateway and the mock read; any other engine flag is accepted and ignored."""
+    parser = argparse.ArgumentParser(prog="lemur serve", usage=USAGE, allow_abbrev=False)
+    add_flags(parser, LaunchOptions, order=GROUPS)
+    add_flags(parser, GatewayConfig, order=GROUPS)
+    engine = parser.add_argument_group("engine flags the mock engine reads (it ignores the others)")
+    engine.add_argument("--model", default=None, help="model directory (its tokenizer and context length)")
+    engine.add_argument("--served-model-name", nargs="+", default=None, help="names clients may use in `model`")
+    engine.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    engine.add_argument("--shutdown-timeout", type=float, help="seconds to drain on SIGTERM")
+    parser.set_defaults(max_loras=None)
+    return parser
+
+
+def wants_mock(argv: list[str]) -> bool:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--engine", default="vllm")
+    return pre.parse_known_args(argv)[0].engine == "mock"
+
+
 def early_checks(argv: list[str]) -> socket.socket | None:
     """The gateway's own flags read alone, before vLLM is imported (which
     takes seconds): bad keys, an open non-loopback host, a taken port or a
@@ -116,9 +139,16 @@ def early_checks(argv: list[str]) -> socket.socket | None:
 
 
 def read_flags(
-    parser: argparse.ArgumentParser, argv: list[str]
+    parser: argparse.ArgumentParser, argv: list[str], known_only: bool = False
 ) -> tuple[argparse.Namespace, LaunchOptions, GatewayConfig]:
-    ns = parser.parse_args(argv)
+    """The parsed flags, the launch options and the config. `known_only`: flags
+    the parser does not know are ignored (the mock engine's vLLM flags)."""
+    if known_only:
+        ns, ignored = parser.parse_known_args(argv)
+        if ignored:
+            print(f"mock engine: ignoring {' '.join(ignored)}", file=sys.stderr)
+    else:
+        ns = parser.parse_args(argv)
     try:
         return ns, from_args(LaunchOptions, ns), from_args(GatewayConfig, ns)
     except argparse.ArgumentTypeError as exc:
@@ -192,8 +222,9 @@ def enable_lora(ns: argparse.Namespace, config: GatewayConfig) -> None:
 def serve(argv: list[str], default_model: Callable[[], Path]) -> int:
     select_kernels(argv)
     listen_socket = early_checks(argv)
-    parser = build_parser()
-    ns, options, config = read_flags(parser, argv)
+    mock = wants_mock(argv)
+    parser = build_mock_parser() if mock else build_parser()
+    ns, options, config = read_flags(parser, argv, known_only=mock)
     if listen_socket is None:
         listen_socket = reserve_port(parser, config)
     config = dataclasses.replace(config, served_model_names=resolve_model(ns, options, default_model))
@@ -204,31 +235,36 @@ def serve(argv: list[str], default_model: Callable[[], Path]) -> int:
     return run(config, options, ns, listen_socket)
 
 
+def engine_factory(config: GatewayConfig, options: LaunchOptions, ns: argparse.Namespace) -> tuple[EngineFactory, str]:
+    """How to start the engine (called once the app starts), and its version for /version."""
+    if options.engine == "mock":
+        from lemur.server.engine.mock import MockEngine
+
+        name = config.served_model_names[0] if config.served_model_names else "mock"
+        rate, ttft_s = options.mock_tokens_per_s, options.mock_ttft_ms / 1000
+        return (lambda: MockEngine(ns.model, name, rate, ttft_s, ns.max_model_len)), "none (mock engine)"
+    from lemur.server.engine import vllm_engine
+
+    engine_args = vllm_engine.engine_args_from_namespace(ns)
+    return (lambda: vllm_engine.VllmEngine.start(engine_args)), vllm_engine.VLLM_VERSION
+
+
 def run(config: GatewayConfig, options: LaunchOptions, ns: argparse.Namespace, listen_socket: socket.socket) -> int:
     """The engine behind the app behind uvicorn, until a drain or the engine's death."""
     import uvicorn
 
     from lemur.server.app import create_app
-    from lemur.server.engine import Engine, vllm_engine
     from lemur.server.lifecycle import GatewayServer
     from lemur.server.transport import read_deadline_protocol
 
-    engine_args = vllm_engine.engine_args_from_namespace(ns)
+    factory, engine_version = engine_factory(config, options, ns)
     server: GatewayServer | None = None
 
     def engine_dead() -> None:
         if server is not None:
             server.stop(exit_code=1)
 
-    def factory() -> Engine:
-        if options.engine == "mock":
-            from lemur.server.engine.mock import MockEngine
-
-            name = config.served_model_names[0] if config.served_model_names else "mock"
-            return MockEngine(ns.model, name, options.mock_tokens_per_s, options.mock_ttft_ms / 1000, ns.max_model_len)
-        return vllm_engine.VllmEngine.start(engine_args)
-
-    app = create_app(config, factory, engine_version=vllm_engine.VLLM_VERSION, on_engine_dead=engine_dead)
+    app = create_app(config, factory, engine_version=engine_version, on_engine_dead=engine_dead)
     uv_config = uvicorn.Config(
         app,
         host=config.host,

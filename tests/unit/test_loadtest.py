@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -59,5 +60,7 @@ def test_mock_engine_serves_through_the_same_protocol(tiny_checkpoint: Path, tmp
         assert c.choices[0].text.startswith("x") and c.usage.completion_tokens == 3
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model=MODEL_NAME, messages=[], max_tokens=3)
+        # It needs no vLLM: the mock path never imports it.
+        assert httpx.get(mock.url("/version"), timeout=10).json()["vllm"] == "none (mock engine)"
     finally:
         stop_server(mock)
