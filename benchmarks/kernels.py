@@ -37,7 +37,7 @@ import torch
 # put the repository (with the kernels package) in front of it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lemur.kernels import activation, kv_cache, paged_attention, paged_prefill, rmsnorm, rotary
+from lemur.kernels import activation, kv_cache, paged_attention, paged_decode, paged_prefill, rmsnorm, rotary
 from lemur.kernels.common import INTERPRET
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, HEAD_DIM, PAGE = 8192, 28672, 64, 8, 128, 16
@@ -288,13 +288,13 @@ def decode_cases(r: Runner, batches: list[int], contexts: list[int], tps: list[i
                 nbytes = (2 * b * ctx * hk * HEAD_DIM + 2 * b * hq * HEAD_DIM) * el
                 twin_gb = 2 * b * ctx * hq * HEAD_DIM * 4 / 1e9  # fp32 K and V after the GQA repeat
                 args = (q, kcache, vcache, tables, lens)
-                twin = partial(paged_attention.paged_decode_attention_reference, *args)
+                twin = partial(paged_decode.paged_decode_attention_reference, *args)
                 twin = twin if twin_gb < twin_limit_gb else None
                 fa = None
                 if flash_attn_with_kvcache is not None:
                     fa = partial(flash_attn_with_kvcache, q.unsqueeze(1), kcache, vcache, cache_seqlens=lens,
                                  block_table=tables, causal=True)  # fmt: skip
-                ours = partial(paged_attention.paged_decode_attention, *args, max_seq_len=ctx, out=out)
+                ours = partial(paged_decode.paged_decode_attention, *args, max_seq_len=ctx, out=out)
                 err = checked("paged_decode", ours(), twin()) if twin is not None else None
                 r.add("paged_decode", f"B={b} ctx={ctx} Hq={hq} Hkv={hk} (TP{tp})", nbytes, err, ours, twin, fa)
                 del kcache, vcache
@@ -362,7 +362,7 @@ def prefill_cases(r: Runner, shapes: dict[str, list[tuple[int, int]]], tps: list
             mixed = any(q_len == 1 for _, q_len in requests)
             args = (q, kcache, vcache, tables, starts, lens, scale)
             if mixed:
-                ours = partial(paged_prefill.paged_attention, *args, out, max_query_len=max_q, max_seq_len=max_k)
+                ours = partial(paged_attention.paged_attention, *args, out, max_query_len=max_q, max_seq_len=max_k)
             else:
                 ours = partial(paged_prefill.paged_prefill_attention, *args, max_query_len=max_q, out=out)
             twin_gb = sum(s for s, _ in requests) * hq * HEAD_DIM * 8 / 1e9 + max_q * max_k * hq * 8 / 1e9
