@@ -52,15 +52,19 @@ browser:
 screenshots: install browser model
 	$(BIN)/python -m tests.e2e.screenshots --model $(MODEL) --out docs/images
 
-# Everything: unit, kernels, training, deploy and e2e (the real server on the real engine).
+# Everything: unit, kernels, training, deploy and e2e (the real server on the
+# real engine). The tests that start no engine run on every core (pytest-xdist);
+# the engine tests one at a time (each starts engines of its own, and many time
+# deadlines and drains).
 test: install browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not engine" -n auto
+	$(BIN)/pytest -q -m engine
 
-# The fast loop: every test that starts no vLLM engine (under 2 minutes on 2 cores).
+# The fast loop: every test that starts no vLLM engine, on every core.
 test-fast: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not engine"
+	$(BIN)/pytest -q -m "not engine" -n auto
 
 # The floor plan (pyproject's [tool.importlinter]) on the installed layout.
 layers: install

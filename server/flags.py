@@ -20,7 +20,6 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 GROUP_PREFIX = "gateway: "
@@ -166,7 +165,3 @@ def from_args(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
                 raise argparse.ArgumentTypeError(f"{cli_name(f, spec)}: {exc}") from exc
         values[f.name] = raw
     return cls(**values, **overrides)
-
-
-def as_path(value: str | Path | None) -> Path | None:
-    return None if value is None else Path(value)
