@@ -1,7 +1,4 @@
-"""Custom Triton kernels for Lemur serving.
-
-Kept free of imports and of a ``__version__``: transformers and vLLM probe for
-Hugging Face's ``kernels`` package by import name, and this package must not
-look like it (tests/test_packaging.py checks that transformers reports it
-unavailable).
-"""
+"""Lemur's Triton kernels, each with its torch twin, and the vLLM plugin that
+swaps them in (`lemur serve --kernels triton`). Installed as `lemur.kernels`:
+the name `kernels` alone belongs to Hugging Face's package, which installs
+beside ours (tests/unit/test_packaging.py)."""

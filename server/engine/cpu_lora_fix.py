@@ -7,7 +7,7 @@ bgmv_expand_slice, and the sgmv prefill ops built on them) gather
 `weights[indices]` instead, and -1 silently selects the *last* adapter slot.
 So once every --max-loras slot holds an adapter, base-model requests batched
 with adapter requests are computed with the last slot's adapter: wrong
-output, no error (tests/test_e2e_lora.py catches it). Upstream:
+output, no error (tests/e2e/test_lora.py catches it). Upstream:
 vllm-project/vllm#48421 and #49656, open as of vLLM 0.32.
 
 The wrapper below runs an op on the rows whose index is >= 0 only and leaves

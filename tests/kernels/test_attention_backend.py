@@ -5,7 +5,7 @@ into ours, the implementation writes K/V into vLLM's per-layer cache and attends
 The cache is what vLLM hands a layer: a logical `(blocks, kv_heads,
 block_size, 2 * D)` tensor in one of the physical orders the backend declares.
 Under the interpreter (no GPU) the kernels run as Triton; the workspace is the
-builder's, as on a GPU. The engine-level check is tests/test_e2e_kernels_plugin.py."""
+builder's, as on a GPU. The engine-level check is tests/e2e/test_kernels_plugin.py."""
 
 from __future__ import annotations
 
