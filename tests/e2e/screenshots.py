@@ -19,7 +19,6 @@ from pathlib import Path
 from lemur.server import live
 from tests.e2e.test_playground import (
     PHONE,
-    WEATHER_TOOL,
     make_driver,
     open_page,
     reply_done,
@@ -30,13 +29,18 @@ from tests.e2e.test_playground import (
 
 KEY = "sk-lemur-screenshots"
 QUESTION = "Which module defines OrderedDict?"
+# The weather tool as the model was trained on it (training/sft_tools.py), asked about a held-out city.
+WEATHER_TOOL = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "required": ["city", "unit"], "properties": {
+        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}}}}}]  # fmt: skip
 
 
 def reply_shot(driver, server: live.LiveServer, out: Path) -> None:
     open_page(driver, server, KEY)
     wait_for(lambda: driver.execute_script("return document.querySelectorAll('#model option').length"))
     set_value(driver, "max_tokens", "120")
-    set_value(driver, "seed", "7")
+    set_value(driver, "temperature", "0")  # its best guess, the same on every run
     send(driver, QUESTION)
     wait_for(lambda: reply_done(driver), 120, "the reply")
     driver.save_screenshot(str(out / "playground-desktop.png"))
@@ -52,8 +56,8 @@ def tool_shot(driver, server: live.LiveServer, out: Path) -> None:
     driver.execute_script("document.getElementById('tools-panel').open = true")
     set_value(driver, "tools", json.dumps(WEATHER_TOOL, indent=1))
     set_value(driver, "max_tokens", "200")
-    set_value(driver, "seed", "3")
-    send(driver, "What is the weather in Lisbon?")
+    set_value(driver, "temperature", "0")
+    send(driver, "What is the weather in Tokyo?")
     wait_for(lambda: reply_done(driver), 120, "the tool-call reply")
     card = wait_for(lambda: driver.find_elements("css selector", ".tool-card"), 10, "a tool-call card")[0]
     card.find_element("css selector", "textarea").send_keys('{"temperature_c": 21, "sky": "clear"}')
