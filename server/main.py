@@ -31,7 +31,7 @@ from lemur.server.logs import setup_logging
 # Adapters that may share a batch when --max-loras is not given (vLLM's own default is 1).
 DEFAULT_MAX_LORAS = 4
 RAY_ENV_VARS = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
-EngineFactory = Callable[[], "Engine"]
+EngineFactory = Callable[[], Engine]
 USAGE = "lemur serve [MODEL] [gateway flags] [vLLM engine flags]"
 
 
@@ -50,9 +50,11 @@ class LaunchOptions:
         False, "serve a non-loopback --host without API keys (by default that refuses to start)", KEYS
     )
     engine: str = flag(
-        "vllm", "vllm, or mock: no model, tokens at a fixed rate, to load-test the gateway alone", ENGINE,
+        "vllm",
+        "vllm, or mock: no model and no vLLM, tokens at a fixed rate, to load-test the gateway alone",
+        ENGINE,
         choices=("vllm", "mock"),
-    )  # fmt: skip
+    )
     kernels: str | None = flag(
         None,
         "vllm: vLLM's own ops; triton: Lemur's Triton RMSNorm, SiLU-and-mul, rotary and the LEMUR "

@@ -17,13 +17,12 @@ near-tied logits flip on rounding differences alone.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.conftest import API_KEY, LiveServer, start_server, stop_server
+from tests.conftest import API_KEY, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -61,40 +60,29 @@ async def complete_all(url: str, model: str, prompts: list[str]) -> list[tuple]:
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
-def greedy_runs(server: LiveServer) -> list:
-    client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=300)
-    model = client.models.list().data[0].id
-    runs = [complete(client, model, p) for p in [*PROMPTS, LONG, LONG]]  # the second LONG: prefix cache
-    return runs + asyncio.run(complete_all(server.url("/v1"), model, CONCURRENT))
-
-
-# vLLM's own ops (the plugin installed but off), then ours: under Triton's
-# interpreter, and as torch twins (a CPU without the interpreter: no error).
-VARIANTS = {
-    "vllm-ops": ([], {}),
-    "triton-interpreter": (["--kernels", "triton"], {"TRITON_INTERPRET": "1"}),
-    "torch": (["--kernels", "triton"], {}),
-}
+def greedy_runs(checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str]) -> tuple[list, str]:
+    server = start_server(checkpoint, log_path, [*SERVER_FLAGS, *extra], env=env)
+    try:
+        client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=300)
+        model = client.models.list().data[0].id
+        runs = [complete(client, model, p) for p in [*PROMPTS, LONG, LONG]]  # the second LONG: prefix cache
+        runs += asyncio.run(complete_all(server.url("/v1"), model, CONCURRENT))
+    finally:
+        stop_server(server)
+    return runs, log_path.read_text(errors="replace")
 
 
 def test_plugin_keeps_greedy_outputs(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """The three servers start and run side by side (the interpreter's is the
-    slow one); each compares with vLLM's own ops afterwards."""
-
-    def run(name: str) -> tuple[list, str]:
-        extra, env = VARIANTS[name]
-        server = start_server(tiny_checkpoint, tmp_path / f"{name}.log", [*SERVER_FLAGS, *extra], env=env)
-        try:
-            return greedy_runs(server), server.log_path.read_text(errors="replace")
-        finally:
-            stop_server(server)
-
-    with ThreadPoolExecutor(len(VARIANTS)) as pool:
-        results = dict(zip(VARIANTS, pool.map(run, VARIANTS), strict=True))
-    baseline, base_log = results.pop("vllm-ops")
+    baseline, base_log = greedy_runs(tiny_checkpoint, tmp_path / "vllm-ops.log", [], {})
     assert "lemur kernels" not in base_log  # the plugin is installed but stays off by default
     assert all(len(tokens) == 32 for tokens, _, _ in baseline)
-    for backend, (runs, log) in results.items():
+
+    variants = {
+        "triton-interpreter": {"TRITON_INTERPRET": "1"},
+        "torch": {},  # a CPU without the interpreter: the torch twins, no error
+    }
+    for backend, env in variants.items():
+        runs, log = greedy_runs(tiny_checkpoint, tmp_path / f"{backend}.log", ["--kernels", "triton"], env)
         for op in OPS:
             assert f"lemur kernels: {op} runs on {backend} (torch.float32)" in log, f"{op} not swapped in ({backend})"
         assert f"lemur kernels: attention backend LEMUR runs on {backend} (torch.float32)" in log, backend
