@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.live_gateway import live_gateway
+from lemur.server.live import running
 
 
 def held_out_prompts(path: Path, count: int) -> list[list[dict[str, str]]]:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import openai
 
-    with live_gateway(args.model) as url:
+    with running(args.model) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         model = client.models.list().data[0].id
         results = []

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,28 +24,24 @@ from pathlib import Path
 
 import httpx
 
+from lemur.server import live
+
 PY = sys.executable
 # --pin: the server on CPU 0 and the load generators on CPU 1, so that a
 # client's own CPU use cannot slow the server it measures (2-core machines).
 PIN = {"server": [], "client": []}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    def __init__(self, cmd: list[str], port: int, log: Path) -> None:
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        self.port = port
-        self.proc = subprocess.Popen([*PIN["server"], *cmd], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    """A server process on `port`, up once /health answers and one request has warmed it
+    (vLLM's own server has no /ready)."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc, self.port = proc, port
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    # vLLM's server has no /ready: one request warms both the same way.
                     httpx.post(self.url + "/completions", json={"model": "m", "prompt": "x", "max_tokens": 1})
                     return
             except httpx.HTTPError:
@@ -69,17 +64,22 @@ class Server:
 
 
 def gateway(model: str, name: str, out: Path, extra: list[str] = ()) -> Server:
-    port = free_port()
-    cmd = [PY, "-m", "lemur", "serve", model, "--served-model-name", name, "--port", str(port), "--enforce-eager",
-           "--log-format", "text", *extra]  # fmt: skip
-    return Server(cmd, port, out / f"gateway-{port}.log")
+    """`lemur serve` through the one launcher (lemur.server.live)."""
+    log = out / f"gateway-{time.monotonic_ns()}.log"
+    flags = ["--served-model-name", name, "--log-format", "text", *extra]
+    server = live.launch(model, log, flags, prefix=PIN["server"])
+    return Server(server.process, int(server.base_url.rsplit(":", 1)[1]), log)
 
 
 def vllm_server(model: str, name: str, out: Path) -> Server:
-    port = free_port()
+    port = live.free_port()
     cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", name,
            "--port", str(port), "--enforce-eager"]  # fmt: skip
-    return Server(cmd, port, out / f"vllm-{port}.log")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", live.CPU_KVCACHE_GIB)}
+    log = out / f"vllm-{port}.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen([*PIN["server"], *cmd], env=env, stdout=f, stderr=subprocess.STDOUT)
+    return Server(proc, port, log)
 
 
 def lemur_bench(url: str, name: str, out: Path, args: list[str]) -> dict:

@@ -28,9 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lemur.server.live import LiveServer, free_port, wait_ready  # noqa: E402
+from tests.support.layout import lay_out  # noqa: E402
+
 PY = sys.executable
 SCENARIOS = {
     # name: lemur bench arguments, and the figure compared
@@ -45,34 +48,31 @@ SCENARIOS = {
 }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pinned(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)] if cpu is not None else []
 
 
-def start(cwd: Path, model: Path, log: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
+def serve_command(tree: Path, site: Path) -> tuple[list[str], Path]:
+    """How to run `lemur serve` from a revision's tree, and from where: a tree
+    from before the one import name ran as `python -m server` from its root;
+    since, its wings are laid out as installed (tests/support/layout.py)."""
+    if (tree / "server" / "__main__.py").exists():
+        return [PY, "-m", "server", "serve"], tree
+    return [PY, "-m", "lemur", "serve"], lay_out(tree, site)
+
+
+def start(tree: Path, site: Path, model: Path, log: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cmd = [*pinned(cpu), PY, "-m", "lemur", "serve", str(model), "--engine", "mock", "--mock-tokens-per-s", "100",
+    serve, cwd = serve_command(tree, site)
+    cmd = [*pinned(cpu), *serve, str(model), "--engine", "mock", "--mock-tokens-per-s", "100",
            "--port", str(port), "--log-format", "text", "--log-level", "WARNING"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"server in {cwd} exited: see {log}")
-        time.sleep(0.3)
-    raise SystemExit(f"server in {cwd} not ready: see {log}")
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(LiveServer(f"http://127.0.0.1:{port}", None, proc, log), timeout=120)
+    except RuntimeError as exc:
+        raise SystemExit(f"server from {tree} did not start: {exc}") from exc
+    return proc, port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for r in range(args.rounds):
             for name in ("base", "new") if r % 2 == 0 else ("new", "base"):
-                proc, port = start(trees[name], model, work / f"{name}-{r}.log", server_cpu)
+                proc, port = start(trees[name], work / f"{name}-site", model, work / f"{name}-{r}.log", server_cpu)
                 try:
                     for scenario, (bench_args, figure) in SCENARIOS.items():
                         before = cpu_seconds(proc.pid)

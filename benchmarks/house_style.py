@@ -22,7 +22,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.live_gateway import live_gateway  # noqa: E402
+from lemur.server.live import running  # noqa: E402
 from lemur.training.sft_demo import demo_conversations  # noqa: E402
 from lemur.training.sft_style import STYLE_PREFIX, STYLE_SUFFIX  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=50)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    with live_gateway(args.model, extra=("--lora-modules", f"{ADAPTER}={args.adapter}")) as url:
+    with running(args.model, extra=("--lora-modules", f"{ADAPTER}={args.adapter}")) as url:
         base = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
         rows = [{"question": q, "base": reply(url, base, q), "adapter": reply(url, ADAPTER, q)}
                 for q in questions(args.prompts)]  # fmt: skip

@@ -30,7 +30,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.live_gateway import live_gateway  # noqa: E402
+from lemur.server.live import running  # noqa: E402
 
 ADMIN_KEY = "lemur-bench-admin"
 ADAPTER = "adapter"
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="lemur-lora-"))
     extra = ("--lora-modules", f"{ADAPTER}={args.adapter}", "--lora-admin-key", ADMIN_KEY, "--max-loras", "2")
-    with live_gateway(args.model, extra=extra) as url:
+    with running(args.model, extra=extra) as url:
         base = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
         runs: dict[str, list[float]] = {"base_only": [], "half_adapter": []}
         for r in range(args.rounds):

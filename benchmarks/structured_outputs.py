@@ -30,7 +30,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.live_gateway import live_gateway  # noqa: E402
+from lemur.server.live import running  # noqa: E402
 
 DIGIT = {"type": "integer", "minimum": 0, "maximum": 9}
 DIGITS = {"type": "object", "required": ["digits"],
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         from lemur.training.tiny import build_tiny_checkpoint
 
         model = build_tiny_checkpoint(work / "tiny")
-    with live_gateway(model) as url:
+    with running(model) as url:
         name = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
         first, repeat = first_and_repeat(url, name)
         runs: dict[str, list[float]] = {"plain": [], "json_schema": []}

@@ -23,7 +23,7 @@ import jsonschema
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.live_gateway import live_gateway  # noqa: E402
+from lemur.server.live import running  # noqa: E402
 from lemur.training.sft_tools import eval_prompts  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import openai
 
-    with live_gateway(args.model) as url:
+    with running(args.model) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         model = client.models.list().data[0].id
         rows = []

@@ -13,8 +13,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +59,13 @@ def launch(
     env: dict[str, str] | None = None,
     api_key: str | None = None,
     cwd: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> LiveServer:
-    """`lemur serve MODEL --enforce-eager EXTRA` on a free loopback port, without waiting for it."""
+    """`lemur serve MODEL --enforce-eager EXTRA` on a free loopback port, without
+    waiting for it. `prefix`: a command to run it under (`taskset -c 0`)."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "lemur", "serve", str(model),
+        *prefix, sys.executable, "-m", "lemur", "serve", str(model),
         "--host", "127.0.0.1", "--port", str(port), "--enforce-eager", *extra,
     ]  # fmt: skip
     inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
@@ -119,9 +122,13 @@ def stop(server: LiveServer) -> None:
 
 
 @contextmanager
-def running(model: Path | str, log_path: Path, extra: tuple[str, ...] = (), timeout: float = 300) -> Iterator[str]:
-    """A ready server for the length of a `with`; yields its base URL."""
-    server = start(model, log_path, extra, timeout=timeout)
+def running(
+    model: Path | str, log_path: Path | None = None, extra: Sequence[str] = (), timeout: float = 300
+) -> Iterator[str]:
+    """A ready server for the length of a `with` (its log in a temporary folder
+    unless given); yields its base URL."""
+    log_path = log_path or Path(tempfile.mkdtemp(prefix="lemur-serve-")) / "server.log"
+    server = start(model, log_path, tuple(extra), timeout=timeout)
     try:
         yield server.base_url
     finally:

@@ -110,6 +110,7 @@ def build_mock_parser() -> argparse.ArgumentParser:
     engine.add_argument("--served-model-name", nargs="+", default=None, help="names clients may use in `model`")
     engine.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     engine.add_argument("--shutdown-timeout", type=float, help="seconds to drain on SIGTERM")
+    engine.add_argument("--log-level", default=None, help="the log level (DEBUG, INFO, WARNING, ...)")
     parser.set_defaults(max_loras=None)
     return parser
 

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.support.layout import lay_out
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-
-
-def lay_out(root: Path) -> Path:
-    """Copy each package's folder to where it sits when installed: server/ to lemur/server/, ..."""
-    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    for package, folder in sorted(package_dir.items()):
-        target = root.joinpath(*package.split("."))
-        shutil.copytree(REPO / folder, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "lemur"),
-                        dirs_exist_ok=True)  # fmt: skip
-    return root
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
@@ -40,14 +29,14 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_tree_keeps_the_floor_plan(tmp_path: Path) -> None:
-    out = lint_imports(lay_out(tmp_path))
+    out = lint_imports(lay_out(REPO, tmp_path))
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "Contracts: 3 kept, 0 broken." in out.stdout
 
 
 def broken(tmp_path: Path, added: dict[str, str]) -> str:
     """lint-imports' report on the laid-out tree plus `added` modules (path under lemur/: source); it must fail."""
-    root = lay_out(tmp_path)
+    root = lay_out(REPO, tmp_path)
     for name, source in added.items():
         (root / "lemur" / name).write_text(source)
     out = lint_imports(root)
