@@ -37,16 +37,13 @@ OBSERVE = "logs, metrics and the playground"
 GROUPS = (MODEL, NETWORK, KEYS, LIMITS, CLIENTS, LORA, OBSERVE, ENGINE)
 
 
-def parse_lora_modules(items: list[str] | tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def parse_lora_modules(items: list[str] | tuple[()]) -> tuple[tuple[str, str], ...]:
     """NAME=PATH items as (name, path) pairs, each name once."""
     modules: dict[str, str] = {}
     for item in items:
-        if isinstance(item, tuple):
-            name, path = item
-        else:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"takes NAME=PATH, not {item!r}")
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"takes NAME=PATH, not {item!r}")
         if name in modules:
             raise ValueError(f"names {name!r} twice")
         modules[name] = path

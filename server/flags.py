@@ -94,17 +94,16 @@ def _help(f: Field, spec: Flag) -> str:
 
 def add_flags(
     parser: argparse.ArgumentParser, cls: type, order: tuple[str, ...] = (), positionals: bool = True
-) -> list[str]:
+) -> None:
     """The flags of `cls`'s fields, in argument groups titled 'gateway: GROUP'
-    (those in `order` first, in that order, created if missing); returns the
-    titles of the groups it used. `positionals=False` leaves positional
-    arguments out (a parser that reads some flags among others')."""
+    (those in `order` first, in that order, created if missing).
+    `positionals=False` leaves positional arguments out (a parser that reads
+    some flags among others')."""
     hints = typing.get_type_hints(cls)
     groups = {g.title: g for g in parser._action_groups if g.title}
     for name in order:
         if GROUP_PREFIX + name not in groups:
             groups[GROUP_PREFIX + name] = parser.add_argument_group(GROUP_PREFIX + name)
-    used: list[str] = []
     engine_defaults = {}
     for f in fields(cls):
         if "engine_flag" in f.metadata:
@@ -118,11 +117,9 @@ def add_flags(
         title = GROUP_PREFIX + spec.group
         if title not in groups:
             groups[title] = parser.add_argument_group(title)
-        used += [title] if title not in used else []
         _add(groups[title], f, spec, _value_type(hints[f.name]))
     if engine_defaults:
         parser.set_defaults(**engine_defaults)
-    return used
 
 
 def _add(group: argparse._ArgumentGroup, f: Field, spec: Flag, kind: type) -> None:

@@ -86,14 +86,18 @@ def select_kernels(argv: list[str]) -> None:
     os.environ[RAY_ENV_VARS] = ",".join(sorted(ray_vars | {KERNELS_ENV_VAR}))
 
 
+def add_gateway_flags(parser: argparse.ArgumentParser, positionals: bool = True) -> None:
+    add_flags(parser, LaunchOptions, order=GROUPS, positionals=positionals)
+    add_flags(parser, GatewayConfig, order=GROUPS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """vLLM's engine flags, then ours, declared once on their config fields."""
     # Only the engine adapter imports vllm; its parser carries every vLLM flag.
     from lemur.server.engine import vllm_engine
 
     parser = vllm_engine.make_parser("lemur serve", "Serve a model with an OpenAI-compatible API.", USAGE)
-    add_flags(parser, LaunchOptions, order=GROUPS)
-    add_flags(parser, GatewayConfig, order=GROUPS)
+    add_gateway_flags(parser)
     parser.full_help_groups = [GROUP_PREFIX + name for name in GROUPS]
     parser.set_defaults(model=None, max_loras=None)
     return parser
@@ -103,8 +107,7 @@ def build_mock_parser() -> argparse.ArgumentParser:
     """`--engine mock` needs no vLLM: our flags, and the few engine flags the
     gateway and the mock read; any other engine flag is accepted and ignored."""
     parser = argparse.ArgumentParser(prog="lemur serve", usage=USAGE, allow_abbrev=False)
-    add_flags(parser, LaunchOptions, order=GROUPS)
-    add_flags(parser, GatewayConfig, order=GROUPS)
+    add_gateway_flags(parser)
     engine = parser.add_argument_group("engine flags the mock engine reads (it ignores the others)")
     engine.add_argument("--model", default=None, help="model directory (its tokenizer and context length)")
     engine.add_argument("--served-model-name", nargs="+", default=None, help="names clients may use in `model`")
@@ -129,8 +132,7 @@ def early_checks(argv: list[str]) -> socket.socket | None:
     if any(arg in ("-h", "--help") or arg.startswith("--help=") for arg in argv):
         return None
     pre = argparse.ArgumentParser(prog="lemur serve", usage=USAGE, add_help=False, allow_abbrev=False)
-    add_flags(pre, LaunchOptions, positionals=False)
-    add_flags(pre, GatewayConfig)
+    add_gateway_flags(pre, positionals=False)
     ns, _ = pre.parse_known_args(argv)  # vLLM's flags are left for the full parser
     try:
         options, config = from_args(LaunchOptions, ns, model_tag=None), from_args(GatewayConfig, ns)

@@ -53,7 +53,8 @@ def test_the_wheel_adds_one_import_name_and_installs_beside_hf_kernels(tmp_path:
     subprocess.run(build, check=True, capture_output=True, timeout=300)
     (ours,) = (tmp_path / "dist").glob("lemur_serve-*.whl")
     top = {name.split("/")[0] for name in zipfile.ZipFile(ours).namelist()}
-    assert top == {"lemur", ours.name.split("-")[0] + "-" + ours.name.split("-")[1] + ".dist-info"}
+    name, version = ours.name.split("-")[:2]
+    assert top == {"lemur", f"{name}-{version}.dist-info"}
     (hf,) = HF_KERNELS_WHEELS.glob("kernels-*.whl")
     site = tmp_path / "site"
     install = [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(ours), str(hf)]
