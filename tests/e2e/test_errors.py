@@ -326,9 +326,8 @@ def test_the_key_is_checked_before_the_body_is_read(server) -> None:
     assert_envelope(post(server, "/v1/chat/completions", content=b'{"messages": [}'), 400)  # with the key: parsed
     port = int(server.base_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        # Announce a 1 MB body and send none of it: the 401 comes back at once.
+        # Announce a 1 MB body and send none of it: the 401 comes back without
+        # it (waiting for the body would end in the read deadline's 408).
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
-        t0 = time.monotonic()
         head = s.recv(4096)
         assert head.startswith(b"HTTP/1.1 401"), head[:100]
-        assert time.monotonic() - t0 < 2

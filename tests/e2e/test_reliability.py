@@ -105,10 +105,29 @@ def test_request_timeout_aborts(limited: LiveServer) -> None:
     assert json.loads(events[-2][6:])["error"]["code"] == "request_timeout"
 
 
-def test_drain_on_sigterm(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    server = start_server(tiny_checkpoint, tmp_path / "server.log", ["--shutdown-timeout", "60"])
+def _held_while_loading(server: LiveServer) -> int:
+    """Bound at start, listened on once ready: while the engine loads no other
+    process can take the port, and a client is refused (nothing answers yet)."""
+    port = int(server.base_url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 120
+    while "; AMX " not in server.log_path.read_text() and time.monotonic() < deadline:  # the gateway's first line
+        assert server.process.poll() is None, server.log_tail()
+        time.sleep(0.1)
+    assert "EngineCore" not in server.log_path.read_text()  # the engine is still to come
+    assert isinstance(_bind(port), OSError)  # held
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url("/ready"), timeout=2)
+    wait_ready(server)
+    assert f"listening on http://127.0.0.1:{port}" in server.log_path.read_text()
+    return port
+
+
+def test_the_port_is_held_while_loading_and_sigterm_drains(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """One engine start for both: the port through the start, then the drain."""
+    server = launch_server(tiny_checkpoint, tmp_path / "server.log", ["--shutdown-timeout", "60"])
     body = {"messages": MESSAGES, "max_tokens": 200, "ignore_eos": True, "stream": True}
     try:
+        port = _held_while_loading(server)
         run = sigterm_while_streaming(server, body, streams=20)
         assert run.ready == 503
         assert run.refused == 503
@@ -121,6 +140,7 @@ def test_drain_on_sigterm(tiny_checkpoint: Path, tmp_path: Path) -> None:
     finally:
         if server.process.poll() is None:
             stop_server(server)
+    assert _bind(port) is None  # released on exit
 
 
 def test_engine_death_is_detected_and_exits_nonzero(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -226,24 +246,3 @@ def test_a_taken_port_fails_the_start_at_once(tiny_checkpoint: Path) -> None:
     assert out.returncode == 2, out.stderr[-800:]
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
     assert "EngineCore" not in out.stdout + out.stderr  # refused before any engine process started
-
-
-def test_the_port_is_held_while_the_engine_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """Bound at start, listened on once ready: meanwhile no other process can take
-    the port, and a client is refused (nothing answers yet), as before."""
-    server = launch_server(tiny_checkpoint, tmp_path / "server.log", ["--api-key", API_KEY])
-    port = int(server.base_url.rsplit(":", 1)[1])
-    try:
-        deadline = time.monotonic() + 60
-        while "; AMX " not in server.log_path.read_text() and time.monotonic() < deadline:  # the gateway's first line
-            assert server.process.poll() is None, server.log_tail()
-            time.sleep(0.1)
-        assert "EngineCore" not in server.log_path.read_text()  # the engine is still to come
-        assert isinstance(_bind(port), OSError)  # held
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(server.url("/ready"), timeout=2)
-        wait_ready(server)
-        assert f"listening on http://127.0.0.1:{port}" in server.log_path.read_text()
-    finally:
-        stop_server(server)
-    assert _bind(port) is None  # released on exit
