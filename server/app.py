@@ -99,6 +99,7 @@ def create_app(
             await app.state.lora_admin.load_configured()
         except BaseException:
             ctx.pool.shutdown()
+            ctx.lora_registry.close()
             await engine.shutdown()
             raise
         # Everything loaded so far (vLLM, torch, tokenizer: hundreds of thousands
@@ -117,6 +118,7 @@ def create_app(
                 if task is not None:
                     task.cancel()
             ctx.pool.shutdown()
+            ctx.lora_registry.close()
             await engine.shutdown()
             gc.unfreeze()  # let everything be finalized at exit as usual
 

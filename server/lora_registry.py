@@ -17,6 +17,12 @@ header, never the weights) and refuses, with a 400 that says why:
 The registry is the gateway's list of adapters: names, the engine's numeric
 ids (never reused, so the engine cannot confuse a reloaded adapter with its
 old weights), and ranks. Only names go to logs and metrics.
+
+The engine is handed a private copy of the two files, made before they are
+checked: vLLM keeps only --max-cpu-loras adapters in memory and reloads an
+evicted one from its path when a request asks for it, and a folder deleted
+or rewritten since would crash its worker. The copy is exactly what was
+checked, and nobody else writes to it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import asyncio
 import json
 import math
 import re
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +46,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _TENSOR = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])\.weight$")
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+_MAX_DIM = 2**40  # larger than any real dimension or byte offset, small enough to multiply safely
 
 
 class AdapterError(InvalidRequest):
@@ -48,9 +57,10 @@ class AdapterError(InvalidRequest):
 
 @dataclass(frozen=True)
 class Adapter:
-    ref: AdapterRef
+    ref: AdapterRef  # its path is the gateway's private copy
     rank: int
     base: str  # base_model_name_or_path as the adapter records it (informational)
+    source: str  # the folder it was loaded from
 
     @property
     def name(self) -> str:
@@ -100,11 +110,31 @@ def read_safetensors_header(file: Path) -> dict[str, dict]:
         raise AdapterError(f"{file} is not a valid safetensors file", param="lora_path")
     header.pop("__metadata__", None)
     for name, t in header.items():
-        ok = isinstance(t, dict) and t.get("dtype") in _ITEMSIZE and isinstance(t.get("shape"), list)
-        begin, end = (t.get("data_offsets") or (0, -1)) if ok else (0, -1)
-        if not ok or end - begin != math.prod(t["shape"]) * _ITEMSIZE[t["dtype"]] or end > size:
-            raise AdapterError(f"{file} is corrupt or truncated (tensor {name})", param="lora_path")
+        if not _entry_fits(t, size):
+            raise AdapterError(f"{file} is corrupt or truncated (tensor {name[:100]!r})", param="lora_path")
     return header
+
+
+def _small_ints(values: object, count: int | None = None) -> bool:
+    """A list of `count` (or up to 8) ints in [0, 2**40): checked before any
+    arithmetic, as `math.prod([10**15, "x"])` would build a 10**15-char string."""
+    return (
+        isinstance(values, list)
+        and len(values) == (count if count is not None else len(values)) <= 8
+        and all(type(v) is int and 0 <= v < _MAX_DIM for v in values)
+    )
+
+
+def _entry_fits(t: object, size: int) -> bool:
+    """One tensor entry of the header: a known dtype, a sane shape, and data
+    offsets inside the file that hold exactly that many bytes."""
+    if not isinstance(t, dict) or t.get("dtype") not in _ITEMSIZE:
+        return False
+    shape, offsets = t.get("shape"), t.get("data_offsets")
+    if not _small_ints(shape) or not _small_ints(offsets, 2):
+        return False
+    begin, end = offsets
+    return end - begin == math.prod(shape) * _ITEMSIZE[t["dtype"]] and end <= size
 
 
 def _check_tensors(header: dict[str, dict], shapes: BaseShapes, max_rank: int, path: Path) -> int:
@@ -137,21 +167,28 @@ def _check_tensors(header: dict[str, dict], shapes: BaseShapes, max_rank: int, p
     return max(ranks)
 
 
-def inspect_adapter(path: Path, shapes: BaseShapes, max_rank: int) -> tuple[int, str]:
-    """(rank, recorded base) of the adapter at `path`, or AdapterError."""
+def require_files(path: Path) -> None:
     if not path.is_dir():
         raise AdapterError(f"adapter path {path} does not exist or is not a directory", param="lora_path")
     for file in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / file).is_file():
             raise AdapterError(f"{path} has no {file}: not a PEFT LoRA adapter directory", param="lora_path")
+
+
+def inspect_adapter(path: Path, shapes: BaseShapes, max_rank: int, shown: Path | None = None) -> tuple[int, str]:
+    """(rank, recorded base) of the adapter at `path`, or AdapterError (whose
+    message names `shown` in place of `path`: the user's folder, not our copy)."""
     try:
+        require_files(path)
         config = _read_config(path, max_rank)
         rank = _check_tensors(read_safetensors_header(path / WEIGHTS_FILE), shapes, max_rank, path)
-    except AdapterError:
+    except AdapterError as exc:
+        if shown is not None:
+            exc.message = exc.message.replace(str(path), str(shown))
         raise
     except (TypeError, ValueError, IndexError, KeyError, AttributeError, RecursionError) as exc:
-        # Fields of the wrong type (a shape of [null], offsets of three numbers, a rank_pattern list).
-        message = f"{path}: malformed adapter files ({type(exc).__name__}: {exc})"
+        # Fields of the wrong type (a rank_pattern list, a target_modules number).
+        message = f"{shown or path}: malformed adapter files ({type(exc).__name__}: {exc})"
         raise AdapterError(message, param="lora_path") from None
     return rank, str(config.get("base_model_name_or_path") or "")
 
@@ -168,14 +205,15 @@ class AdapterRegistry:
         self._next_id = 1
         self._users: dict[int, int] = {}  # engine requests running with each adapter, by id
         self._unused: dict[int, asyncio.Event] = {}  # set when an unloaded adapter's last request ends
+        self._store: Path | None = None  # the private copies, one folder per engine id
 
     @property
     def enabled(self) -> bool:
         return self.limits is not None and self.shapes is not None
 
     def check(self, name: str, path: str) -> Adapter:
-        """A new adapter for `name` at `path`, inspected (blocking file reads:
-        run it off the event loop) but not registered."""
+        """A new adapter for `name` at `path`: copied, the copy inspected
+        (blocking file work: run it off the event loop), not registered."""
         if not self.enabled:
             raise AdapterError("this server was started without LoRA support (--enable-lora)", param="lora_path")
         assert self.limits is not None and self.shapes is not None
@@ -183,10 +221,40 @@ class AdapterRegistry:
             raise AdapterError(f"adapter name {name[:130]!r} is not a valid model name", param="lora_name")
         if name in self.base_names or name in self._adapters:
             raise AdapterError(f"the model name {name!r} is already served", param="lora_name", code="adapter_exists")
-        rank, base = inspect_adapter(Path(path), self.shapes, self.limits.max_rank)
+        source = Path(path).resolve()
+        require_files(source)
         int_id = self._next_id
         self._next_id += 1  # taken even if the engine then fails to load it: never reused
-        return Adapter(AdapterRef(name, int_id, str(Path(path).resolve())), rank, base)
+        copy = self._copy(source, int_id)
+        try:
+            rank, base = inspect_adapter(copy, self.shapes, self.limits.max_rank, shown=source)
+        except AdapterError:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise
+        return Adapter(AdapterRef(name, int_id, str(copy)), rank, base, str(source))
+
+    def _copy(self, source: Path, int_id: int) -> Path:
+        if self._store is None:
+            self._store = Path(tempfile.mkdtemp(prefix="lemur-adapters-"))  # mode 0700
+        copy = self._store / str(int_id)
+        copy.mkdir()
+        try:
+            for file in (CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copyfile(source / file, copy / file)
+        except OSError as exc:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise AdapterError(f"{source} cannot be read: {exc.strerror}", param="lora_path") from None
+        return copy
+
+    def discard(self, adapter: Adapter) -> None:
+        """Delete the private copy of an adapter the engine no longer has (or never took)."""
+        if self._store is not None and Path(adapter.ref.path).parent == self._store:
+            shutil.rmtree(adapter.ref.path, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._store is not None:
+            shutil.rmtree(self._store, ignore_errors=True)
+            self._store = None
 
     def register(self, adapter: Adapter) -> None:
         if adapter.name in self._adapters:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -209,12 +210,21 @@ def _to_sampling_params(spec: SamplingSpec) -> SamplingParams:
         raise EngineRejectedRequest(str(exc)) from exc
 
 
+# What OpenAI reports for a token that cannot be sampled. A grammar masks
+# tokens to -inf, and JSON has no infinity (a 500 whole, nulls streamed).
+MASKED_LOGPROB = -9999.0
+
+
+def _finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else MASKED_LOGPROB
+
+
 def _token_logprob(token_id: int, candidates: dict[int, Any], k: int) -> TokenLogprob:
     """`candidates` is vLLM's {token_id: Logprob}: the top-k plus the sampled token."""
     chosen = candidates[token_id]
     ranked = sorted(candidates.items(), key=lambda kv: kv[1].rank or 0)
-    top = tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in ranked if (lp.rank or 0) <= k)
-    return TokenLogprob(token_id, chosen.decoded_token or "", chosen.logprob, top[:k])
+    top = tuple((tid, lp.decoded_token or "", _finite(lp.logprob)) for tid, lp in ranked if (lp.rank or 0) <= k)
+    return TokenLogprob(token_id, chosen.decoded_token or "", _finite(chosen.logprob), top[:k])
 
 
 def _sample_logprobs(

@@ -30,6 +30,14 @@ class OpenAIModel(BaseModel):
 MAX_NESTING = 32
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_json_shape(data: Any) -> str | None:
     """What is wrong with a parsed body, or None: strings with a lone surrogate
     (JSON allows "\\ud800" escapes, but no tokenizer or engine can take such
@@ -40,11 +48,12 @@ def check_json_shape(data: Any) -> str | None:
         if depth > MAX_NESTING:
             return f"{path or 'body'}: JSON nested deeper than {MAX_NESTING} levels"
         if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
+            if not _is_unicode(value):
                 return f"{path or 'body'}: text is not valid Unicode (lone surrogate)"
         elif isinstance(value, dict):
+            for k in value:  # keys are text too: a schema's property names reach the tokenizer
+                if isinstance(k, str) and not _is_unicode(k):
+                    return f"{path or 'body'}: a key is not valid Unicode (lone surrogate): {ascii(k)[:80]}"
             stack.extend((f"{path}.{k}" if path else str(k), v, depth + 1) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((f"{path}.{i}" if path else str(i), v, depth + 1) for i, v in enumerate(value))

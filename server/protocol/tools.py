@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lemur.server.protocol.common import OpenAIModel, ResponseModel, SparseResponseModel
+from lemur.server.protocol.common import OpenAIModel, ResponseModel, SparseResponseModel, check_json_shape
 
 # OpenAI's rule for function and schema names.
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -66,6 +66,9 @@ class FunctionCall(OpenAIModel):
             raise ValueError("must be a JSON object encoded as a string") from None
         if not isinstance(parsed, dict):
             raise ValueError("must be a JSON object encoded as a string")
+        problem = check_json_shape(parsed)  # its escapes may hide a lone surrogate ("\\ud800")
+        if problem is not None:
+            raise ValueError(f"the encoded object: {problem}")
         return value
 
 

@@ -38,6 +38,7 @@ class AdapterService:
             try:
                 await ctx.engine.add_adapter(adapter.ref)
             except EngineRejectedRequest as exc:
+                ctx.lora_registry.discard(adapter)
                 raise InvalidRequest(str(exc), param="lora_path", code="invalid_adapter") from exc
             ctx.lora_registry.register(adapter)
             seconds = time.perf_counter() - t0
@@ -46,7 +47,7 @@ class AdapterService:
         logger.info(
             "adapter %s loaded from %s (rank %d, trained on %s) in %.3fs",
             name,
-            adapter.ref.path,
+            adapter.source,
             adapter.rank,
             adapter.base or "an unnamed base",
             seconds,
@@ -57,17 +58,21 @@ class AdapterService:
     async def unload(self, name: str) -> Adapter:
         """New requests for `name` get 404 at once; the engine drops the
         adapter once the requests running with it have finished (vLLM would
-        reload it from its path for them, and a deleted folder there kills
-        the engine), or after UNLOAD_WAIT_S."""
+        reload it for them), or after UNLOAD_WAIT_S; then its private copy
+        goes."""
         ctx = self.ctx
         async with self._lock:
             adapter = ctx.lora_registry.remove(name)  # 404 when unknown
             try:
                 async with asyncio.timeout(UNLOAD_WAIT_S):
                     await ctx.lora_registry.wait_unused(adapter.ref)
+                in_use = False
             except TimeoutError:
                 logger.warning("adapter %s unloaded with requests still using it", name, extra={"adapter": name})
+                in_use = True
             await ctx.engine.remove_adapter(adapter.ref)
+            if not in_use:  # else the engine may load it again for them: the copy stays until exit
+                ctx.lora_registry.discard(adapter)
         ctx.metrics.adapters_loaded.set(len(ctx.lora_registry.all()))
         logger.info("adapter %s unloaded", name, extra={"adapter": name})
         return adapter

@@ -22,7 +22,9 @@ error. Conversions are cached: agents resend the same tools.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+import re
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import jsonschema
@@ -37,9 +39,11 @@ from lemur.server.protocol.tools import NamedToolChoice
 # [^"\\\r\n], which admits raw control characters (invalid in JSON strings).
 _LOOSE_STRING_CHAR = '[^\\"\\\\\\r\\n]'
 _JSON_STRING_CHAR = '[^\\0-\\x1f\\"\\\\\\r\\n]'
-# Schemas up to this size are converted once and remembered (agents resend the
-# same tools); larger ones, which a client could use to fill the memory, never are.
-_CACHED_SCHEMA_CHARS = 65536
+# Converted schemas are remembered (agents resend the same tools), up to this
+# many bytes of schema and grammar together: a grammar can be 70 times its schema.
+GRAMMAR_CACHE_BYTES = 64 * 1024 * 1024
+# xgrammar's messages start with where in its C++ source they were raised.
+_SOURCE_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\]\s*|(?:/[\w.+-]+)+\.(?:cc|cpp|cxx|h|hpp|py):\d+:?\s*")
 
 
 class _BadSchema(ValueError):
@@ -66,11 +70,58 @@ def _convert(schema_json: str, any_whitespace: bool) -> str:
             schema_json, any_whitespace=any_whitespace, separators=separators, strict_mode=True
         )
     except Exception as exc:  # xgrammar's own errors: unsupported keywords, bad $refs, ...
-        raise _BadSchema(f"this schema cannot be enforced: {exc}") from None
+        raise _BadSchema(f"this schema cannot be enforced: {backend_message(exc)}") from None
     return str(grammar).replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
 
 
-_convert_cached = lru_cache(maxsize=256)(_convert)
+def backend_message(exc: BaseException) -> str:
+    """The grammar backend's reason, without its source paths and times: its
+    first line, at most 300 characters."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return _SOURCE_PREFIX.sub("", lines[0] if lines else type(exc).__name__).strip()[:300]
+
+
+class GrammarCache:
+    """Least recently used conversions, bounded by bytes rather than entries.
+    Shared by the prepare threads, hence the lock."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[tuple[str, bool], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, bool]) -> str | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, bool], value: str) -> None:
+        cost = len(key[0]) + len(value)
+        if cost > self.max_bytes // 8:  # one giant schema must not flush everyone's tools
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = value
+            self.size += cost
+            while self.size > self.max_bytes:
+                (schema, _), old = self._entries.popitem(last=False)
+                self.size -= len(schema) + len(old)
+
+
+_cache = GrammarCache(GRAMMAR_CACHE_BYTES)
+
+
+def _convert_cached(schema_json: str, any_whitespace: bool) -> str:
+    key = (schema_json, any_whitespace)
+    grammar = _cache.get(key)
+    if grammar is None:
+        grammar = _convert(schema_json, any_whitespace)
+        _cache.put(key, grammar)
+    return grammar
 
 
 def schema_grammar(schema: Any, param: str, any_whitespace: bool) -> str:
@@ -79,9 +130,8 @@ def schema_grammar(schema: Any, param: str, any_whitespace: bool) -> str:
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{param}: a JSON Schema must be an object", param=param)
     text = json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
-    convert = _convert_cached if len(text) <= _CACHED_SCHEMA_CHARS else _convert
     try:
-        return convert(text, any_whitespace)
+        return _convert_cached(text, any_whitespace)
     except _BadSchema as exc:
         raise InvalidRequest(f"{param}: {exc}", param=param) from None
 

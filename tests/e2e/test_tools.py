@@ -248,3 +248,22 @@ def test_tool_json_and_results_cannot_forge_turns(server) -> None:
     r = httpx.post(server.url("/v1/chat/completions"), headers=server.headers(), timeout=60,
                    json={"messages": messages, "tools": [tool], "max_tokens": 4})  # fmt: skip
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_logprobs_with_a_grammar_are_finite_whole_and_streamed(server, client) -> None:
+    """Finding 5: a grammar masks tokens to -inf. JSON has no infinity: the
+    whole reply used to be a 500, and streamed values came out null. OpenAI
+    reports such tokens as -9999.0."""
+    ask = {"model": MODEL_NAME, "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 60,
+           "logprobs": True, "top_logprobs": 5, "temperature": 0}  # fmt: skip
+    reply = client.chat.completions.create(**ask)
+    call = reply.choices[0].message.tool_calls[0]
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS["get_weather"])
+    whole = [(t.logprob, [a.logprob for a in t.top_logprobs]) for t in reply.choices[0].logprobs.content]
+    assert any(-9999.0 in top for _, top in whole)  # masked alternatives are there, as OpenAI shows them
+    streamed = []
+    for chunk in client.chat.completions.create(**ask, stream=True):
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            streamed += [(t.logprob, [a.logprob for a in t.top_logprobs]) for t in chunk.choices[0].logprobs.content]
+    assert streamed == whole  # greedy: the same tokens, and no value lost to null
+    assert all(isinstance(v, float) for lp, top in streamed for v in (lp, *top))

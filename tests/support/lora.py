@@ -48,3 +48,14 @@ def tiny_llama_config(hidden: int = 128, layers: int = 2, vocab: int = 2048):
         num_key_value_heads=2,
         max_position_embeddings=256,
     )
+
+
+def forge_weights(adapter: Path, entry: dict, data: bytes = b"\0" * 4) -> Path:
+    """Overwrite the adapter's weights file with one tensor whose header entry
+    is `entry` (any JSON, however wrong) followed by `data`."""
+    import json
+
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    header = json.dumps({name: entry}).encode()
+    (adapter / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return adapter

@@ -13,7 +13,7 @@ import pytest
 from lemur.server.engine.base import BaseShapes, LoraLimits
 from lemur.server.errors import ModelNotFound
 from lemur.server.lora_registry import AdapterError, AdapterRegistry, inspect_adapter, read_safetensors_header
-from tests.support.lora import make_adapter, tiny_llama_config
+from tests.support.lora import forge_weights, make_adapter, tiny_llama_config
 
 SHAPES = BaseShapes(hidden_size=128, intermediate_size=352, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32)
 LIMITS = LoraLimits(max_loras=2, max_rank=8)
@@ -160,19 +160,30 @@ def test_odd_names_and_malformed_fields_are_400_not_500(adapters, tmp_path: Path
     (odd / "adapter_config.json").write_text(json.dumps({**config, "rank_pattern": ["not", "a", "dict"]}))
     with pytest.raises(AdapterError, match="malformed adapter files"):
         inspect_adapter(odd, SHAPES, 8)
-    header = json.dumps(
-        {
-            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": {
-                "dtype": "F32",
-                "shape": [None],
-                "data_offsets": [0, 4],
-            }
-        }
-    ).encode()
     (odd / "adapter_config.json").write_text(json.dumps(config))
-    (odd / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
-    with pytest.raises(AdapterError, match="malformed adapter files"):
+    forge_weights(odd, {"dtype": "F32", "shape": [None], "data_offsets": [0, 4]})
+    with pytest.raises(AdapterError, match="corrupt or truncated"):
         inspect_adapter(odd, SHAPES, 8)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": [10**15, "x"], "data_offsets": [0, 4]},  # was 10**15 * "x": gigabytes, then a 500
+        {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": [-1, -4], "data_offsets": [0, 16]},
+        {"dtype": "F32", "shape": [1] * 9 + [4], "data_offsets": [0, 16]},
+        {"dtype": "F32", "shape": [True, 1], "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4, 8]},
+        {"dtype": "F32", "shape": [1, 1], "data_offsets": ["0", 4]},
+        {"dtype": "F32", "shape": [1, 1], "data_offsets": [4, 0]},
+    ],
+)
+def test_every_dimension_is_a_small_int_before_any_arithmetic(adapters, tmp_path: Path, entry: dict) -> None:
+    forged = forge_weights(_copy(adapters["good"], tmp_path / "forged"), entry, b"\0" * 16)
+    with pytest.raises(AdapterError, match="corrupt or truncated") as err:
+        inspect_adapter(forged, SHAPES, 8)
+    assert err.value.status_code == 400 and err.value.code == "invalid_adapter"
 
 
 def test_requests_hold_their_adapter_until_they_end(adapters) -> None:
@@ -204,3 +215,25 @@ def test_requests_hold_their_adapter_until_they_end(adapters) -> None:
     assert asyncio.run(unload_then_release()) == ["request ends", "engine drops it"]
     with pytest.raises(ModelNotFound, match="was unloaded"):
         registry.acquire(first.ref)
+
+
+def test_the_engine_gets_a_private_copy_that_outlives_the_folder(adapters, tmp_path: Path) -> None:
+    """Finding 2: vLLM reloads an evicted adapter from its path; the path it
+    gets is the gateway's own copy of the checked files, not the user's folder."""
+    registry = AdapterRegistry(("base",), SHAPES, LIMITS)
+    folder = _copy(adapters["good"], tmp_path / "mine")
+    adapter = registry.check("style", str(folder))
+    copy = Path(adapter.ref.path)
+    assert copy != folder and adapter.source == str(folder.resolve())
+    original = (folder / "adapter_model.safetensors").read_bytes()
+    (folder / "adapter_model.safetensors").write_bytes(b"rewritten")
+    assert (copy / "adapter_model.safetensors").read_bytes() == original
+    assert oct(copy.parent.stat().st_mode & 0o777) == "0o700"
+    registry.discard(adapter)
+    assert not copy.exists()
+    with pytest.raises(AdapterError) as err:  # the message names the user's folder, never the copy
+        registry.check("style", str(folder))
+    assert str(folder.resolve()) in err.value.message and str(copy.parent) not in err.value.message
+    assert list(copy.parent.iterdir()) == []  # the refused copy is gone too
+    registry.close()
+    assert not copy.parent.exists()
