@@ -67,7 +67,7 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     limiter = RateLimiter(config.rate_limit_rpm, config.rate_limit_tpm)
     metrics = Metrics(names[0])
     metrics.watch_queue(lambda: admission.waiting)
-    pool = PreparePool(PREPARE_WORKERS, config.max_queued_requests, engine.info.max_model_len)
+    pool = PreparePool(PREPARE_WORKERS, config.max_queued_requests, engine.info.max_model_len, config.grammar_timeout)
     adapters = AdapterRegistry(names, info.shapes, info.lora)
     if info.lora is not None:
         logger.info("LoRA adapters: up to %d per batch, rank up to %d", info.lora.max_loras, info.lora.max_rank)

@@ -84,8 +84,20 @@ class GatewayConfig:
     max_echo_logprob_tokens: int = flag(
         8192, "most prompt-token logprobs (prompt tokens x n) an echo+logprobs request returns", LIMITS
     )
+    max_logprob_entries: int = flag(
+        32768, "most logprob entries one request may return: n x max_tokens x (top_logprobs + 1)", LIMITS
+    )
+    max_schema_bytes: int = flag(
+        256 * 1024, "bytes of JSON Schema (tools' parameters and response_format) one request may send", LIMITS
+    )
+    max_schema_properties: int = flag(1024, "object properties in one JSON Schema, at every level", LIMITS)
+    max_schema_enum_values: int = flag(1024, "enum values in one JSON Schema, all enums together", LIMITS)
+    max_schema_any_of: int = flag(128, "branches of one anyOf or oneOf in a JSON Schema", LIMITS)
+    grammar_timeout: float = flag(
+        10.0, "seconds to check and convert one request's JSON Schemas (one request per key at a time)", LIMITS
+    )
     stream_write_timeout: float = flag(
-        30.0, "cut a stream whose client reads nothing for this many seconds, freeing its slot", CLIENTS
+        30.0, "cut a response whose client reads nothing for this many seconds, freeing its slot", CLIENTS
     )
     read_deadline: float = flag(30.0, "seconds a connection has to send each whole request, headers and body", CLIENTS)
     max_connections: int = flag(2048, "open connections at once; beyond: 503", CLIENTS)
@@ -109,9 +121,14 @@ class GatewayConfig:
     )
     log_format: str = flag("json", "log format", OBSERVE, choices=("json", "text"))
     log_prompts: bool = flag(False, "also log prompts and outputs (off: only sizes and ids)", OBSERVE)
-    metrics_require_key: bool = flag(False, "protect /metrics with the API keys too (open by default)", OBSERVE)
+    metrics_require_key: bool = flag(
+        False, "protect /metrics with the API keys too (open by default, without the per-key series)", OBSERVE
+    )
     metrics_port: int | None = flag(
-        None, "serve /metrics on this port (same host) instead of the API port (it shows API key names)", OBSERVE
+        None,
+        "serve /metrics, with the per-key series, on this port (same host) instead of the API port",
+        OBSERVE,
+        env="LEMUR_METRICS_PORT",
     )
     playground: bool = flag(
         True,

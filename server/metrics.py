@@ -102,11 +102,14 @@ class Metrics:
             "Streams cut because the client stopped reading (--stream-write-timeout).",
             registry=r,
         )
+        # By API key name: shown only to a caller with a key, or on --metrics-port.
+        self.key_registry = CollectorRegistry(auto_describe=True)
+        k = self.key_registry
         self.key_requests = Counter(
-            "lemur:key_requests", "HTTP requests by API key name and status.", ["key", "status"], registry=r
+            "lemur:key_requests", "HTTP requests by API key name and status.", ["key", "status"], registry=k
         )
         self.key_tokens = Counter(
-            "lemur:key_tokens", "Prompt and generated tokens by API key name.", ["key", "kind"], registry=r
+            "lemur:key_tokens", "Prompt and generated tokens by API key name.", ["key", "kind"], registry=k
         )
 
         # Agent traffic: what kind of output was asked for, and what it cost to prepare.
@@ -151,23 +154,27 @@ class Metrics:
         """`model`: the base's name (default) or an adapter's, the `model_name` label."""
         return RequestTracker(self, prompt_tokens, key, model or self.model_name)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry) + generate_latest(REGISTRY)
+    def render(self, with_keys: bool) -> bytes:
+        """Everything, with the per-key series only if `with_keys`: an open
+        /metrics would otherwise name every key and its traffic to anyone."""
+        keys = generate_latest(self.key_registry) if with_keys else b""
+        return generate_latest(self.registry) + keys + generate_latest(REGISTRY)
 
     def serve_apart(self, host: str, port: int) -> None:
-        """/metrics on a listener of its own (a daemon thread), so the API port
-        does not show key names and per-key traffic to every API client."""
-        start_http_server(port, addr=host, registry=_Both(self.registry))
+        """/metrics on a listener of its own (a daemon thread), for the
+        operator's network: all series, the per-key ones too."""
+        start_http_server(port, addr=host, registry=_All((self.registry, self.key_registry)))
 
 
-class _Both(Collector):
-    """The gateway's registry and vLLM's (the process default) as one."""
+class _All(Collector):
+    """The gateway's registries and vLLM's (the process default) as one."""
 
-    def __init__(self, ours: CollectorRegistry) -> None:
+    def __init__(self, ours: tuple[CollectorRegistry, ...]) -> None:
         self.ours = ours
 
     def collect(self) -> Iterable[Metric]:
-        yield from self.ours.collect()
+        for registry in self.ours:
+            yield from registry.collect()
         yield from REGISTRY.collect()
 
 

@@ -4,8 +4,9 @@
    returned), the access log line, and the request counters by route, status
    and API key name;
 2. `Authenticate`: the API key, from the headers alone, before any byte of
-   the body is read (keyless garbage is a 401, not a 400); the adapter admin
-   routes take the admin key instead, and no API key;
+   the body is read (keyless garbage is a 401, not a 400), and the key's
+   requests-per-minute on the routes that do work (a 429 costs no parsing);
+   the adapter admin routes take the admin key instead, and no API key;
 3. `BodySizeLimit`: 413 beyond --max-body-bytes.
 """
 
@@ -76,6 +77,8 @@ class RequestMiddleware:
 OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
+# Routes that tokenize or generate: each call counts against the key's requests per minute.
+RATED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"})
 # Loading and unloading adapters: the admin key only (--lora-admin-key), never a user key.
 ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 ADMIN = "admin"
@@ -124,17 +127,21 @@ class Authenticate:
         ctx: ServingContext | None = getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" else None
         path = scope.get("path", "")
         open_path = path in OPEN_PATHS or (ctx is not None and ctx.config.playground and is_page_path(path))
-        if ctx is None or open_path or (path == "/metrics" and not ctx.config.metrics_require_key):
+        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
+        # An open /metrics shows the per-key series only to a caller whose key checks out.
+        open_metrics = path == "/metrics" and ctx is not None and not ctx.config.metrics_require_key
+        if ctx is None or open_path or (open_metrics and not authorization):
             await self.app(scope, receive, send)
             return
-        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
         check = authenticate_admin if path in ADMIN_PATHS else authenticate
         try:
             caller = check(ctx, authorization)
+            scope.setdefault("state", {})["caller"] = caller
+            if path in RATED_PATHS and caller.limits is not None and scope.get("method") == "POST":
+                caller.limits.admit()
         except APIError as exc:
             await send_error(send, exc)
             return
-        scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)
 
 
@@ -146,21 +153,30 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps(error_body(f"request body is larger than {self.max_bytes} bytes", "invalid_request_error",
-                                     None, "request_too_large")).encode()  # fmt: skip
+    async def _too_large(self, send: Send, max_bytes: int) -> None:
+        message = f"request body is larger than {max_bytes} bytes"
+        body = json.dumps(error_body(message, "invalid_request_error", None, "request_too_large")).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]  # fmt: skip
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    def _limit(self, scope: Scope) -> int:
+        """/detokenize takes at most a context of ids: ~12 bytes each, written
+        out. Its body is refused before it is read, not parsed on the loop."""
+        ctx = getattr(scope["app"].state, "ctx", None)
+        if scope.get("path") == "/detokenize" and ctx is not None:
+            return min(self.max_bytes, 12 * ctx.engine.info.max_model_len + 4096)
+        return self.max_bytes
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        max_bytes = self._limit(scope)
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._too_large(send)
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            await self._too_large(send, max_bytes)
             return
         chunks, size = [], 0
         while True:
@@ -169,8 +185,8 @@ class BodySizeLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send)
+            if size > max_bytes:
+                await self._too_large(send, max_bytes)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -16,9 +16,11 @@ from lemur.server.protocol.completions import CompletionRequest, CompletionRespo
 from lemur.server.protocol.lora_admin import LoadLoraAdapterRequest, LoraAdapterResponse, UnloadLoraAdapterRequest
 from lemur.server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from lemur.server.serving.context import Caller, ServingContext, Target
+from lemur.server.serving.limits import check_detokenize
 from lemur.server.serving.pipeline import serve
 from lemur.server.serving.prompt import render_messages
 from lemur.server.serving.sampling import check_token_ids
+from lemur.server.serving.structured import tool_chars
 
 
 def context(request: Request) -> ServingContext:
@@ -79,13 +81,14 @@ async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request) 
 
 @api.post("/tokenize", response_model=TokenizeResponse)
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    """Like any prompt: the key's request rate (server/middleware.py) and its
+    tokens per minute; tools count toward the prompt's size and the schema
+    limits, and long work runs off the event loop."""
     ctx = context(request)
     ctx.resolve_model(body.model)
     caller: Caller = request.state.caller
-    if caller.limits is not None:  # a request like any other: the key's RPM (and its tokens to TPM, below)
-        caller.limits.admit()
     if body.messages is not None:
-        chars = sum(len(m.text()) for m in body.messages)
+        chars = sum(len(m.text()) for m in body.messages) + tool_chars(body.tools, request.app.state.chat.schema_limits)
         args = (render_messages, ctx, body.messages, body.add_generation_prompt, body.tools)
         tokens = await ctx.pool.run(*args, chars=chars, param="messages")
     else:
@@ -98,10 +101,16 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
 
 @api.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    """At most a context's worth of tokens, decoded off the event loop when long."""
     ctx = context(request)
     ctx.resolve_model(body.model)
+    check_detokenize(body.tokens, ctx.engine.info.max_model_len)
     check_token_ids(body.tokens, ctx.engine.info.vocab_size, "tokens")
-    return DetokenizeResponse(prompt=ctx.tokenizer.decode(body.tokens))
+    text = await ctx.pool.run(ctx.tokenizer.decode, body.tokens, chars=len(body.tokens), param="tokens")
+    caller: Caller = request.state.caller
+    if caller.limits is not None:
+        caller.limits.charge_tokens(len(body.tokens))
+    return DetokenizeResponse(prompt=text)
 
 
 @api.get("/openapi.json", include_in_schema=False)
@@ -148,4 +157,6 @@ async def metrics(request: Request) -> Response:
     ctx = context(request)
     if ctx.config.metrics_port is not None:
         raise StarletteHTTPException(404, f"/metrics is served on port {ctx.config.metrics_port}")
-    return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    # Per-key series for a caller with a valid key (or when keys are off: all anonymous).
+    with_keys = getattr(request.state, "caller", None) is not None or not ctx.keys.enabled
+    return Response(ctx.metrics.render(with_keys), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -56,7 +56,9 @@ def check_json_shape(data: Any) -> str | None:
                     return f"{path or 'body'}: a key is not valid Unicode (lone surrogate): {ascii(k)[:80]}"
             stack.extend((f"{path}.{k}" if path else str(k), v, depth + 1) for k, v in value.items())
         elif isinstance(value, list):
-            stack.extend((f"{path}.{i}" if path else str(i), v, depth + 1) for i, v in enumerate(value))
+            for i, v in enumerate(value):
+                if isinstance(v, (str, dict, list)):  # not scalars: a prompt of token ids is a long list of ints
+                    stack.append((f"{path}.{i}" if path else str(i), v, depth + 1))
     return None
 
 

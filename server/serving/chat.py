@@ -24,10 +24,11 @@ from lemur.server.protocol.chat import (
 from lemur.server.protocol.common import Usage
 from lemur.server.protocol.tools import DeltaFunctionCall, DeltaToolCall, ResponseFunctionCall, ResponseToolCall
 from lemur.server.serving.context import Caller, ServingContext, new_request_id
-from lemur.server.serving.limits import check_max_tokens, check_sequences
+from lemur.server.serving.limits import check_logprob_entries, check_max_tokens, check_sequences
 from lemur.server.serving.prompt import render_messages
 from lemur.server.serving.respond import ChoiceResult, Prepared
 from lemur.server.serving.sampling import build_sampling
+from lemur.server.serving.schema_checks import SchemaLimits
 from lemur.server.serving.structured import structured_spec
 from lemur.server.serving.tool_calls import Step, ToolCallParser
 
@@ -146,6 +147,10 @@ class ChatAnswer:
 class ChatService:
     def __init__(self, ctx: ServingContext) -> None:
         self.ctx = ctx
+        c = ctx.config
+        self.schema_limits = SchemaLimits(
+            c.max_schema_bytes, c.max_schema_properties, c.max_schema_enum_values, c.max_schema_any_of
+        )
 
     def _grammar(self, req: ChatCompletionRequest, tool_choice: str | None) -> StructuredSpec | None:
         metrics = self.ctx.metrics
@@ -154,7 +159,7 @@ class ChatService:
             grammar = None
         else:
             t0 = time.perf_counter()
-            grammar = structured_spec(req, tool_choice, self.ctx.engine.info.json_whitespace)
+            grammar = structured_spec(req, tool_choice, self.ctx.engine.info.json_whitespace, self.schema_limits)
             metrics.grammar_seconds.observe(time.perf_counter() - t0)
         metrics.child(metrics.structured_requests, fmt, tool_choice or "no_tools").inc()
         return grammar
@@ -176,5 +181,6 @@ class ChatService:
         rid = new_request_id("chatcmpl")
         salt = ctx.cache_salt(caller, target.adapter)
         engine_request = EngineRequest(rid, tuple(prompt_ids), spec, salt, target.adapter)
+        check_logprob_entries(ctx.config, (engine_request,), "top_logprobs")
         answer = ChatAnswer(ctx, req, rid, target.name, parse_tools=tools is not None)
         return Prepared((engine_request,), caller.account(), answer, target.name)

@@ -17,7 +17,12 @@ from lemur.server.protocol.completions import (
     CompletionResponse,
 )
 from lemur.server.serving.context import Caller, ServingContext, new_request_id
-from lemur.server.serving.limits import check_echo_logprobs, check_max_tokens, check_sequences
+from lemur.server.serving.limits import (
+    check_echo_logprobs,
+    check_logprob_entries,
+    check_max_tokens,
+    check_sequences,
+)
 from lemur.server.serving.respond import ChoiceResult, Prepared
 from lemur.server.serving.sampling import build_sampling, check_token_ids
 from lemur.server.tokenizer import Tokenizer
@@ -150,5 +155,6 @@ class CompletionService:
             )
             for i, p in enumerate(prompts)
         )
+        check_logprob_entries(config, engine_requests, "logprobs")
         answer = CompletionAnswer(self.ctx.tokenizer, req, prompts, rid, target.name)
         return Prepared(engine_requests, caller.account(), answer, target.name)

@@ -1,5 +1,5 @@
 """The one pipeline of a generation request, from a parsed body to a response:
-rate limit, prepare off the event loop, reserve the token budget, admission,
+prepare off the event loop, reserve the token budget, admission,
 run, stream (with a watchdog on slow readers), release and settle. The routes
 (server/routes.py) only hand a body and its service to `serve`."""
 
@@ -12,8 +12,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from lemur.server.admission import Permit
@@ -108,6 +107,38 @@ class EventStreamResponse(StreamingResponse):
                 self._finish()
 
 
+class WholeResponse(Response):
+    """A whole JSON body, under the same write timeout as a stream: a client
+    that reads none of a large answer does not hold it in memory for ever.
+    The body goes out in pieces, since uvicorn waits for the socket to drain
+    only before its next write: sent in one, 8 MB would sit in its buffer."""
+
+    media_type = "application/json"
+    piece = 64 * 1024
+
+    def __init__(self, body: bytes, write_timeout: float, on_slow: Callable[[], None]) -> None:
+        super().__init__(body)
+        self._write_timeout = write_timeout
+        self._on_slow = on_slow
+
+    async def _send_pieces(self, send: Callable[[Message], Awaitable[None]]) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body, size = memoryview(self.body), len(self.body)
+        for start in range(0, max(size, 1), self.piece):
+            end = start + self.piece
+            await send({"type": "http.response.body", "body": bytes(body[start:end]), "more_body": end < size})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watchdog = WriteWatchdog(self._write_timeout)
+        try:
+            await self._send_pieces(partial(watchdog.send, send))
+        except SlowClient:
+            logger.warning("gave up on a client that read nothing of its answer for %.0fs", self._write_timeout)
+            self._on_slow()
+        finally:
+            watchdog.stop()
+
+
 class ClientDisconnected(Exception):
     """The client went away before the response was ready."""
 
@@ -141,27 +172,29 @@ class Service(Protocol[B]):
 
 
 async def serve(request: Request, service: Service[B], body: B) -> Response:
-    """The one pipeline of a generation request. Authentication (from the
-    headers), the body-size cap and strict parsing happened before this;
-    then, cheapest first: the key's rate limit, render and tokenize off the
+    """The one pipeline of a generation request. Authentication and the key's
+    request rate (from the headers), the body-size cap and strict parsing
+    happened before this; then, cheapest first: render and tokenize off the
     event loop, reserve the token budget, admission weighted by sequences,
     run, stream, and at the end release the slot and settle the budget."""
     ctx: ServingContext = request.app.state.ctx
     if not ctx.engine.is_alive():
         raise ServiceUnavailable("the inference engine is not running")
-    caller: Caller = request.state.caller
-    if caller.limits is not None:
-        caller.limits.admit()
+    caller: Caller = request.state.caller  # its requests per minute were counted with its key
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     chars, heavy = body.text_chars(), body.needs_grammar()
-    prepared = await ctx.pool.run(service.prepare, body, caller, chars=chars, param=param, heavy=heavy)
+    preparing = ctx.pool.run(
+        service.prepare, body, caller, chars=chars, param=param, heavy=heavy, owner=caller.key_name
+    )
+    # Grammar work can take seconds: stop waiting for it if the client leaves.
+    prepared = await (until_disconnected(request, preparing) if heavy else preparing)
     request.state.model = prepared.model  # for the access log line
     account, stream = prepared.account, bool(body.stream)
     account.reserve(most_tokens(prepared.engine_requests))
     if ctx.config.log_prompts:
         logger.info("prompt", extra={"body": body.model_dump(exclude_none=True)})
 
-    async def admitted() -> tuple[Permit, EventStream | BaseModel]:
+    async def admitted() -> tuple[Permit, EventStream | respond.Whole]:
         permit = await ctx.admission.acquire(prepared.sequences())
         try:
             return permit, await (respond.stream(ctx, prepared) if stream else respond.complete(ctx, prepared))
@@ -183,5 +216,5 @@ async def serve(request: Request, service: Service[B], body: B) -> Response:
         return EventStreamResponse(result, finish, ctx.config.stream_write_timeout, ctx.metrics.slow_clients.inc)
     finish()
     if ctx.config.log_prompts:
-        logger.info("output", extra={"response": result.model_dump(exclude_none=True)})
-    return JSONResponse(result.model_dump(exclude_none=True))
+        logger.info("output", extra={"response": result.model.model_dump(exclude_none=True)})
+    return WholeResponse(result.body, ctx.config.stream_write_timeout, ctx.metrics.slow_clients.inc)

@@ -9,6 +9,7 @@ engine stream happen here, once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -98,10 +99,34 @@ async def collect(ctx: ServingContext, requests: Sequence[EngineRequest], accoun
     return results
 
 
-async def complete(ctx: ServingContext, p: Prepared) -> BaseModel:
+@dataclass(frozen=True)
+class Whole:
+    """A whole response: the object, and its JSON."""
+
+    model: BaseModel
+    body: bytes
+
+
+# Above this many tokens and logprob entries, a response is built and
+# serialized on a thread: an n=24 x 240 x top-20 answer took seconds of
+# Python, which on the event loop would stall every stream and probe.
+INLINE_ENTRIES = 4096
+
+
+def _entries(results: list[list[ChoiceResult]]) -> int:
+    return sum(len(c.token_ids) + sum(len(lp.top) for lp in c.logprobs) for cs in results for c in cs)
+
+
+async def complete(ctx: ServingContext, p: Prepared) -> Whole:
     results = await collect(ctx, p.engine_requests, p.account)
     completion_tokens = sum(len(c.token_ids) for choices in results for c in choices)
-    return p.answer.response(results, Usage.of(p.prompt_tokens(), completion_tokens))
+    usage = Usage.of(p.prompt_tokens(), completion_tokens)
+
+    def build() -> Whole:
+        model = p.answer.response(results, usage)
+        return Whole(model, model.model_dump_json(exclude_none=True).encode())
+
+    return await asyncio.to_thread(build) if _entries(results) > INLINE_ENTRIES else build()
 
 
 async def stream(ctx: ServingContext, p: Prepared) -> EventStream:

@@ -33,7 +33,8 @@ from lemur.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
 from lemur.server.engine import StructuredSpec
 from lemur.server.errors import InvalidRequest
 from lemur.server.protocol.chat import ChatCompletionRequest
-from lemur.server.protocol.tools import NamedToolChoice
+from lemur.server.protocol.tools import NamedToolChoice, Tool
+from lemur.server.serving.schema_checks import SchemaLimits, check_bytes, check_limits, has_finite_instance
 
 # xgrammar 0.2.8 writes the characters of a string with min/maxLength as
 # [^"\\\r\n], which admits raw control characters (invalid in JSON strings).
@@ -60,6 +61,8 @@ def _convert(schema_json: str, any_whitespace: bool) -> str:
         raise _BadSchema(f"not a valid JSON Schema: {exc.message}") from None
     except Exception as exc:  # e.g. an unhashable "$schema": not a schema either
         raise _BadSchema(f"not a valid JSON Schema ({type(exc).__name__})") from None
+    if not has_finite_instance(schema):
+        raise _BadSchema("no finite JSON value follows this schema (a $ref loops back through required fields)")
     # Imported on first use: xgrammar brings torch, ~200k more objects on the
     # gateway's heap, which a server without grammar traffic should not carry.
     import xgrammar
@@ -124,16 +127,32 @@ def _convert_cached(schema_json: str, any_whitespace: bool) -> str:
     return grammar
 
 
-def schema_grammar(schema: Any, param: str, any_whitespace: bool) -> str:
-    """EBNF for JSON that follows `schema`, or a 400 naming `param` if it is
-    not a JSON Schema the grammar backend can enforce."""
+def schema_json(schema: Any, param: str, limits: SchemaLimits) -> str:
+    """The schema as compact JSON, once it is an object within the limits."""
     if not isinstance(schema, dict):
         raise InvalidRequest(f"{param}: a JSON Schema must be an object", param=param)
-    text = json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
+    check_limits(schema, param, limits)
+    return json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
+
+
+def schema_grammar(text: str, param: str, any_whitespace: bool) -> str:
+    """EBNF for JSON that follows the schema `text`, or a 400 naming `param`
+    if it is not a JSON Schema the grammar backend can enforce."""
     try:
         return _convert_cached(text, any_whitespace)
     except _BadSchema as exc:
         raise InvalidRequest(f"{param}: {exc}", param=param) from None
+
+
+def tool_chars(tools: list[Tool] | None, limits: SchemaLimits) -> int:
+    """Characters the tools add to a rendered prompt (their JSON), once each
+    schema is within the limits (for /tokenize, which renders them all)."""
+    sizes: list[tuple[str, int]] = []
+    for i, tool in enumerate(tools or ()):
+        param = f"tools.{i}.function.parameters"
+        sizes.append((param, len(schema_json(tool.function.schema(), param, limits))))
+        check_bytes(sizes, limits)  # as it grows: no more work once over
+    return sum(size for _, size in sizes) + sum(len(t.function.description or "") for t in tools or ())
 
 
 def _tag(name: str, grammar: str) -> dict[str, Any]:
@@ -157,11 +176,20 @@ def tool_grammar(req: ChatCompletionRequest, kind: str, grammars: dict[str, str]
     return StructuredSpec("structural_tag", json.dumps({"type": "structural_tag", "format": fmt}), "tools")
 
 
-def structured_spec(req: ChatCompletionRequest, tool_choice: str | None, any_whitespace: bool
-                    ) -> StructuredSpec | None:  # fmt: skip
+def _callable_tools(req: ChatCompletionRequest, tool_choice: str | None) -> set[str]:
+    if tool_choice in (None, "none"):
+        return set()
+    if isinstance(req.tool_choice, NamedToolChoice):
+        return {req.tool_choice.function.name}
+    return {t.function.name for t in req.tools or ()}
+
+
+def structured_spec(req: ChatCompletionRequest, tool_choice: str | None, any_whitespace: bool,
+                    limits: SchemaLimits) -> StructuredSpec | None:  # fmt: skip
     """The grammar a chat request asks for, if any. `tool_choice`: the
-    request's kind of tool choice, None when it has no tools. Every tool's
-    schema is checked, whatever the choice."""
+    request's kind of tool choice, None when it has no tools. Every schema is
+    held to the limits; only those of the tools the choice can call, and the
+    response format's, are checked and converted."""
     fmt = req.response_format
     calls = tool_choice not in (None, "none")
     if calls and fmt is not None and fmt.type != "text":
@@ -169,15 +197,21 @@ def structured_spec(req: ChatCompletionRequest, tool_choice: str | None, any_whi
             "response_format cannot be combined with tool calls; send tool_choice 'none' or leave out tools",
             param="response_format",
         )
-    grammars = {t.function.name: schema_grammar(t.function.schema(), f"tools.{i}.function.parameters", any_whitespace)
-                for i, t in enumerate(req.tools or ())}  # fmt: skip
+    texts = {t.function.name: (f"tools.{i}.function.parameters", schema_json(t.function.schema(),
+             f"tools.{i}.function.parameters", limits)) for i, t in enumerate(req.tools or ())}  # fmt: skip
+    fmt_param = "response_format.json_schema.schema"
+    fmt_text = schema_json(fmt.json_schema.schema_, fmt_param, limits) if fmt and fmt.json_schema else None
+    sizes = [(param, len(text)) for param, text in texts.values()]
+    check_bytes(sizes + ([(fmt_param, len(fmt_text))] if fmt_text else []), limits)
     if calls:
+        callable_ = _callable_tools(req, tool_choice)
+        grammars = {name: schema_grammar(text, param, any_whitespace)
+                    for name, (param, text) in texts.items() if name in callable_}  # fmt: skip
         return tool_grammar(req, tool_choice, grammars)
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return StructuredSpec("grammar", schema_grammar({"type": "object"}, "response_format", any_whitespace),
+        return StructuredSpec("grammar", schema_grammar('{"type":"object"}', "response_format", any_whitespace),
                               "response_format")  # fmt: skip
-    assert fmt.json_schema is not None  # the protocol requires it for json_schema
-    param = "response_format.json_schema.schema"
-    return StructuredSpec("grammar", schema_grammar(fmt.json_schema.schema_, param, any_whitespace), param)
+    assert fmt_text is not None  # the protocol requires a schema for json_schema
+    return StructuredSpec("grammar", schema_grammar(fmt_text, fmt_param, any_whitespace), fmt_param)

@@ -104,8 +104,12 @@ def test_probes_ports_and_service_match_the_server(rendered: tuple[str, list[dic
     allowed_s = startup["failureThreshold"] * startup["periodSeconds"]
     assert allowed_s >= (30 * 60 if overlay.startswith("gpu-70b") else 60), allowed_s
     service = find(docs, "Service", "lemur")
-    (svc_port,) = service["spec"]["ports"]
-    assert ports.get(svc_port["targetPort"], svc_port["targetPort"]) == port and svc_port["name"] == "http"
+    svc = {p["name"]: ports.get(p["targetPort"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert svc["http"] == port
+    # Prometheus scrapes the metrics port, where /metrics has the per-key series (not the API port's).
+    assert svc["metrics"] == ports["metrics"] == int(env["LEMUR_METRICS_PORT"])
+    monitor = find(docs, "ServiceMonitor", "lemur")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
 
@@ -176,7 +180,7 @@ def test_gpu_overlay_serves_70b_on_4_gpus_from_a_pvc() -> None:
     assert 443 in egress_ports, "the init container downloads from the Hub over HTTPS"
 
 
-def test_network_policy_selects_the_pods_and_opens_their_api_port(
+def test_network_policy_opens_the_api_port_and_the_metrics_port_to_prometheus_alone(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, docs = rendered
@@ -186,9 +190,13 @@ def test_network_policy_selects_the_pods_and_opens_their_api_port(
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     c = container(deployment)
     port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
-    (rule,) = policy["ingress"]
-    opened = {port_names.get(p["port"], p["port"]) for p in rule["ports"]}
+    api, metrics = policy["ingress"]
+    opened = {port_names.get(p["port"], p["port"]) for p in api["ports"]}
     assert opened == {default_port()}, opened  # the API port, nothing else
+    # The metrics port shows key names and per-key traffic: the monitoring namespace only.
+    assert [port_names.get(p["port"], p["port"]) for p in metrics["ports"]] == [port_names["metrics"]]
+    (source,) = metrics["from"]
+    assert source == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     assert {"Ingress", "Egress"} <= set(policy["policyTypes"])
 
 
@@ -257,7 +265,10 @@ def test_prometheus_scrapes_the_gateway_and_loads_the_mounted_rules() -> None:
     prom = load_yaml(COMPOSE_DIR / "prometheus" / "prometheus.yml")
     (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "lemur"]
     assert job["metrics_path"] == routes().metrics
-    assert job["static_configs"][0]["targets"] == [f"lemur:{default_port()}"]
+    # The gateways' --metrics-port (env LEMUR_METRICS_PORT), where /metrics has the per-key series.
+    ports = {s["environment"]["LEMUR_METRICS_PORT"] for s in spec["services"].values()
+             if "LEMUR_API_KEYS" in s.get("environment", {})}  # fmt: skip
+    assert job["static_configs"][0]["targets"] == [f"lemur:{port}" for port in ports] and len(ports) == 1
     mounted = {v.split(":")[1]: v.split(":")[0] for v in spec["services"]["prometheus"]["volumes"]}
     for rule_file in prom["rule_files"]:
         assert (COMPOSE_DIR / mounted[rule_file]).is_file(), rule_file

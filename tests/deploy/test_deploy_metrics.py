@@ -58,7 +58,7 @@ def exported(server: LiveServer) -> dict[str, set[str]]:
             r = http.post("/v1/chat/completions", json={**body, "stream": stream}, headers=server.headers())
             assert r.status_code == 200, r.text
         assert http.get("/v1/models").status_code == 401  # an error status for the error panels
-        text = http.get("/metrics").text
+        text = http.get("/metrics", headers=server.headers()).text  # all series, as on --metrics-port
     samples: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

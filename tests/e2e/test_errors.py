@@ -355,3 +355,19 @@ def test_lone_surrogates_hidden_in_arguments_or_keys_are_400_naming_the_field(se
     key = json.dumps({"prompt": "x", "logit_bias": {"\udfff": 1}}).encode()
     assert_envelope(post(server, "/v1/completions", content=key), 400)
     assert post(server, "/v1/chat/completions", _call_history('{"city": "\\ud83d\\ude00"}')).status_code == 200
+
+
+def test_open_metrics_name_no_keys_but_keep_the_engine_gauges(server) -> None:
+    """Finding 12: /metrics was open and named every key with its traffic.
+    Without a key it still has what probes and an endpoint picker read."""
+    assert post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    open_text = httpx.get(server.url("/metrics"), timeout=30).text
+    for gauge in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+                  "lemur:num_requests_queued", "lemur:http_requests_total"):  # fmt: skip
+        assert gauge in open_text, gauge
+    assert "lemur:key_" not in open_text and 'key="' not in open_text
+    keyed = httpx.get(server.url("/metrics"), headers=server.headers(), timeout=30).text
+    assert 'lemur:key_requests_total{key="' in keyed and "lemur:key_tokens_total" in keyed
+    assert (
+        httpx.get(server.url("/metrics"), headers={"Authorization": "Bearer sk-wrong"}, timeout=30).status_code == 401
+    )

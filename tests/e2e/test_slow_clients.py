@@ -35,7 +35,7 @@ def guarded(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     keys.write_text(f"{hash_line(API_KEY, 'main')}\n{hash_line(LIMITED_KEY, 'limited')} rpm=3\n")
     keys.chmod(0o600)
     extra = ["--api-keys-file", str(keys), "--read-deadline", str(DEADLINE_S), "--stream-write-timeout",
-             str(WRITE_TIMEOUT_S), "--max-concurrent-requests", "1"]  # fmt: skip
+             str(WRITE_TIMEOUT_S), "--max-concurrent-requests", "1", "--max-logprob-entries", "100000"]  # fmt: skip
     server = start_server(tiny_checkpoint, log, extra)
     yield server
     stop_server(server)
@@ -215,3 +215,32 @@ def test_pipelined_streams_both_finish_even_when_longer_than_the_deadline(guarde
     assert data.count(b"data: [DONE]") == 2, data[-300:]  # both streams came back whole ...
     assert second > DEADLINE_S  # ... though the second outlasted the read deadline
     assert data.count(b"HTTP/1.1 200") == 3 and data.rstrip().endswith(b'{"status":"ok"}')
+
+
+def test_a_whole_response_that_is_never_read_is_cut(guarded: LiveServer) -> None:
+    """Finding 9: only streams had a write timeout; 2.8 MB of a non-streamed
+    answer was still queued for a client that never read, 75 s later."""
+    cut_before = _metric(guarded, "lemur:slow_clients_total")
+    asked = {"max_tokens": 480, "n": 8, "ignore_eos": True, "logprobs": True, "top_logprobs": 20}  # ~8 MB of JSON
+    body = json.dumps({"messages": MESSAGES, **asked})
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(("127.0.0.1", _port(guarded)))
+    try:
+        reader.sendall(request)  # ... and never reads a byte of the answer
+        deadline = time.monotonic() + 120
+        while _metric(guarded, "lemur:slow_clients_total") == cut_before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _metric(guarded, "lemur:slow_clients_total") == cut_before + 1
+        reader.settimeout(10)
+        received = b""
+        while chunk := reader.recv(1 << 20):  # what was in flight, then the server's close
+            received += chunk
+    finally:
+        reader.close()
+    assert received.startswith(b"HTTP/1.1 200") and len(received) < 8_000_000  # cut short, not sent whole
+    assert _chat(guarded) == 200

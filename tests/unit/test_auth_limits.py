@@ -81,7 +81,7 @@ def test_rpm_limit_per_key(keyed_client: TestClient) -> None:
     assert "alice" in r.json()["error"]["message"] and ALICE not in r.text
     # Another key is not affected.
     assert keyed_client.post("/v1/chat/completions", json=BODY, headers=bob).status_code == 200
-    metrics = keyed_client.get("/metrics").text
+    metrics = keyed_client.get("/metrics", headers=bob).text
     assert 'lemur:key_requests_total{key="alice",status="429"} 1.0' in metrics
     assert 'lemur:key_tokens_total{key="bob",kind="generation"} 3.0' in metrics
     assert ALICE not in metrics and BOB not in metrics

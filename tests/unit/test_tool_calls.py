@@ -12,7 +12,8 @@ from lemur.server.chat_template import ChatTemplate
 from lemur.server.engine import StructuredSpec
 from lemur.server.errors import InvalidRequest
 from lemur.server.protocol.chat import ChatCompletionRequest
-from lemur.server.serving.structured import schema_grammar, structured_spec
+from lemur.server.serving.schema_checks import SchemaLimits
+from lemur.server.serving.structured import schema_grammar, schema_json, structured_spec
 from lemur.server.serving.tool_calls import ToolCallParser
 
 REPLIES = [
@@ -102,6 +103,13 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
 
 
+LIMITS = SchemaLimits(max_bytes=256 * 1024, max_properties=1024, max_enum_values=1024, max_any_of=128)
+
+
+def grammar(schema, param: str, any_whitespace: bool) -> str:
+    return schema_grammar(schema_json(schema, param, LIMITS), param, any_whitespace)
+
+
 def request(**fields) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **fields})
 
@@ -112,7 +120,7 @@ def test_tool_choice_kinds_become_structural_tags() -> None:
 
     def fmt(**fields) -> dict:
         req = request(**fields)
-        spec = structured_spec(req, kind(req), any_whitespace=False)
+        spec = structured_spec(req, kind(req), any_whitespace=False, limits=LIMITS)
         assert isinstance(spec, StructuredSpec) and spec.kind == "structural_tag" and spec.param == "tools"
         return json.loads(spec.spec)["format"]
 
@@ -124,8 +132,11 @@ def test_tool_choice_kinds_become_structural_tags() -> None:
     assert required["type"] == "tags_with_separator" and required["at_least_one"] and required["stop_after_first"]
     named = fmt(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert named["stop_after_first"] and len(named["tags"]) == 1
-    assert structured_spec(request(tools=[WEATHER], tool_choice="none"), "none", any_whitespace=False) is None
-    assert structured_spec(request(), None, any_whitespace=False) is None
+    assert (
+        structured_spec(request(tools=[WEATHER], tool_choice="none"), "none", any_whitespace=False, limits=LIMITS)
+        is None
+    )
+    assert structured_spec(request(), None, any_whitespace=False, limits=LIMITS) is None
 
 
 def accepts(ebnf: str, text: str) -> bool:
@@ -140,7 +151,7 @@ def accepts(ebnf: str, text: str) -> bool:
 
 def test_schema_grammar_has_no_free_whitespace_and_json_strings() -> None:
     schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 4}, "n": {"type": "integer"}}}
-    tight, loose = schema_grammar(schema, "p", False), schema_grammar(schema, "p", True)
+    tight, loose = grammar(schema, "p", False), grammar(schema, "p", True)
     assert accepts(tight, '{"s":"ab","n":3}') and accepts(loose, '{"s":"ab","n":3}')
     assert not accepts(tight, '{ "s": "ab", "n": 3 }') and accepts(loose, '{ "s": "ab", "n": 3 }')
     assert not accepts(tight, '{"s":"abcde","n":3}')  # maxLength holds
@@ -153,7 +164,7 @@ def test_schema_grammar_has_no_free_whitespace_and_json_strings() -> None:
 )
 def test_bad_schemas_are_400(schema) -> None:
     with pytest.raises(InvalidRequest) as info:
-        schema_grammar(schema, "response_format.json_schema.schema", any_whitespace=False)
+        grammar(schema, "response_format.json_schema.schema", any_whitespace=False)
     assert info.value.param == "response_format.json_schema.schema"
 
 
@@ -217,3 +228,141 @@ def test_training_text_is_the_served_template_text() -> None:
         assert rendered == "<s>" + "".join(text for text, _ in conversation_segments(conv["messages"], conv["tools"]))
     kinds = {bool(c["messages"][-2].get("role") == "tool") for c in tool_conversations(40, seed=1)}
     assert kinds == {True, False}  # both calls and plain answers
+
+
+def _tool(name: str, parameters: dict) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+WIDE = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1025)}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "flag"),
+    [
+        (
+            {"tools": [WEATHER, _tool("wide", WIDE)]},
+            "tools.1.function.parameters.properties",
+            "--max-schema-properties",
+        ),
+        (
+            {
+                "tools": [
+                    _tool(
+                        "e",
+                        {
+                            "type": "object",
+                            "properties": {"a": {"enum": list(range(600))}, "b": {"enum": list(range(600))}},
+                        },
+                    )
+                ]
+            },
+            "tools.0.function.parameters.properties.",
+            "--max-schema-enum-values",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {"anyOf": [{"type": "integer", "minimum": i} for i in range(129)]},
+                    },
+                }
+            },
+            "response_format.json_schema.schema.anyOf",
+            "--max-schema-any-of",
+        ),
+        (
+            {"tools": [_tool(f"t{i}", {"type": "object", "description": "x" * 60_000}) for i in range(5)]},
+            "tools.",
+            "--max-schema-bytes",
+        ),
+    ],
+    ids=["properties", "enum", "anyOf", "bytes"],
+)
+def test_schema_limits_are_400_limit_exceeded_naming_the_field(fields: dict, param: str, flag: str) -> None:
+    """Finding 3: checked by counting, before any schema is validated or
+    converted, and for every tool, whatever the tool choice."""
+    for choice in ("auto", "none"):
+        req = request(**fields, **({"tool_choice": choice} if "tools" in fields else {}))
+        with pytest.raises(InvalidRequest) as err:
+            structured_spec(req, req.tool_choice_kind() if req.tools else None, False, LIMITS)
+        assert err.value.code == "limit_exceeded" and err.value.param.startswith(param), err.value.param
+        assert flag in err.value.message
+
+
+def test_only_the_tools_the_choice_can_call_are_converted() -> None:
+    """A bad schema in a tool that cannot be called costs nothing and is no error."""
+    broken = _tool("broken", {"type": "object", "properties": {"a": {"type": "strin"}}})
+    assert structured_spec(request(tools=[broken], tool_choice="none"), "none", False, LIMITS) is None
+    named = request(tools=[WEATHER, broken], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    spec = structured_spec(named, "named", False, LIMITS)
+    assert spec is not None and "broken" not in spec.spec
+    with pytest.raises(InvalidRequest) as err:
+        structured_spec(request(tools=[WEATHER, broken], tool_choice="auto"), "auto", False, LIMITS)
+    assert err.value.param == "tools.1.function.parameters"
+
+
+@pytest.mark.parametrize(
+    ("schema", "finite"),
+    [
+        ({"$ref": "#"}, False),
+        ({"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}, False),
+        ({"type": "object", "properties": {"a": {"$ref": "#"}}}, True),  # a may be left out
+        ({"type": "array", "items": {"$ref": "#"}, "minItems": 1}, False),
+        ({"type": "array", "items": {"$ref": "#"}}, True),  # [] ends it
+        (
+            {
+                "$defs": {
+                    "n": {
+                        "type": "object",
+                        "required": ["next"],
+                        "properties": {"next": {"anyOf": [{"$ref": "#/$defs/n"}, {"type": "null"}]}},
+                    }
+                },
+                "$ref": "#/$defs/n",
+            },
+            True,
+        ),  # a linked list
+        ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, False),
+        ({"allOf": [{"type": "object"}, {"$ref": "#"}]}, False),
+        ({"$ref": "#/elsewhere"}, True),  # not a subschema here: the backend's to judge
+    ],
+)
+def test_schemas_with_no_finite_instance_are_found(schema: dict, finite: bool) -> None:
+    from lemur.server.serving.schema_checks import has_finite_instance
+
+    assert has_finite_instance(schema) is finite
+
+
+def test_a_self_referencing_schema_is_400_naming_the_field() -> None:
+    """Finding 8: the engine masked every token and failed the request (a 500)."""
+    with pytest.raises(InvalidRequest, match="no finite JSON value") as err:
+        grammar({"$ref": "#"}, "response_format.json_schema.schema", any_whitespace=False)
+    assert err.value.status_code == 400 and err.value.param == "response_format.json_schema.schema"
+
+
+def test_backend_messages_lose_source_paths() -> None:
+    """Finding 11: xgrammar's messages began with its C++ file and line."""
+    from lemur.server.serving.structured import backend_message
+
+    raw = RuntimeError("[15:42:57] /project/cpp/json_schema_converter.cc:4950: Cannot find field defs in #/defs/x\n")
+    assert backend_message(raw) == "Cannot find field defs in #/defs/x"
+    with pytest.raises(InvalidRequest) as err:
+        grammar({"type": "object", "properties": {"a": {"$ref": "#/defs/x"}}}, "p", any_whitespace=False)
+    assert "/project" not in err.value.message and ".cc:" not in err.value.message
+    assert "Cannot find field defs" in err.value.message
+
+
+def test_the_grammar_cache_is_bounded_by_bytes() -> None:
+    """Finding 10: 256 entries of up to 4.7 MB each could hold 1.2 GB."""
+    from lemur.server.serving.structured import GrammarCache
+
+    cache = GrammarCache(max_bytes=10_000)
+    for i in range(100):
+        cache.put((f"schema-{i}", False), "g" * 990)
+        assert cache.size <= 10_000
+    assert cache.get(("schema-99", False)) is not None and cache.get(("schema-0", False)) is None
+    cache.put(("huge", False), "g" * 5000)  # over an eighth of the budget: never kept
+    assert cache.get(("huge", False)) is None
