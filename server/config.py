@@ -93,6 +93,7 @@ class GatewayConfig:
     max_schema_properties: int = flag(1024, "object properties in one JSON Schema, at every level", LIMITS)
     max_schema_enum_values: int = flag(1024, "enum values in one JSON Schema, all enums together", LIMITS)
     max_schema_any_of: int = flag(128, "branches of one anyOf or oneOf in a JSON Schema", LIMITS)
+    grammar_cache_mb: float = flag(64.0, "memory for converted JSON Schemas kept for reuse, in MiB", LIMITS)
     grammar_timeout: float = flag(
         10.0, "seconds to check and convert one request's JSON Schemas (one request per key at a time)", LIMITS
     )

@@ -126,6 +126,9 @@ class Metrics:
             registry=r,
         )
         self.tool_calls = Counter("lemur:tool_calls", "Tool calls in replies.", labels, registry=r)
+        self.grammar_cache_bytes = Gauge(
+            "lemur:grammar_cache_bytes", "Bytes of converted schemas kept for reuse (--grammar-cache-mb).", registry=r
+        )
         # LoRA adapters (model_name above is then the adapter's name for its requests).
         self.adapter_load_seconds = Histogram(
             "lemur:lora_adapter_load_seconds",
@@ -145,6 +148,9 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def watch_grammar_cache(self, size: Callable[[], int]) -> None:
+        self.grammar_cache_bytes.set_function(lambda: float(size()))
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """`lemur:num_requests_queued` reads the admission queue's depth at each scrape."""

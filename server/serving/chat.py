@@ -29,7 +29,7 @@ from lemur.server.serving.prompt import render_messages
 from lemur.server.serving.respond import ChoiceResult, Prepared
 from lemur.server.serving.sampling import build_sampling
 from lemur.server.serving.schema_checks import SchemaLimits
-from lemur.server.serving.structured import structured_spec
+from lemur.server.serving.structured import GrammarCache, GrammarSettings, structured_spec
 from lemur.server.serving.tool_calls import Step, ToolCallParser
 
 
@@ -151,6 +151,9 @@ class ChatService:
         self.schema_limits = SchemaLimits(
             c.max_schema_bytes, c.max_schema_properties, c.max_schema_enum_values, c.max_schema_any_of
         )
+        cache = GrammarCache(int(c.grammar_cache_mb * 1024 * 1024))
+        ctx.metrics.watch_grammar_cache(lambda: cache.size)
+        self.grammar = GrammarSettings(ctx.engine.info.json_whitespace, self.schema_limits, cache)
 
     def _grammar(self, req: ChatCompletionRequest, tool_choice: str | None) -> StructuredSpec | None:
         metrics = self.ctx.metrics
@@ -159,7 +162,7 @@ class ChatService:
             grammar = None
         else:
             t0 = time.perf_counter()
-            grammar = structured_spec(req, tool_choice, self.ctx.engine.info.json_whitespace, self.schema_limits)
+            grammar = structured_spec(req, tool_choice, self.grammar)
             metrics.grammar_seconds.observe(time.perf_counter() - t0)
         metrics.child(metrics.structured_requests, fmt, tool_choice or "no_tools").inc()
         return grammar

@@ -25,6 +25,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -40,9 +41,6 @@ from lemur.server.serving.schema_checks import SchemaLimits, check_bytes, check_
 # [^"\\\r\n], which admits raw control characters (invalid in JSON strings).
 _LOOSE_STRING_CHAR = '[^\\"\\\\\\r\\n]'
 _JSON_STRING_CHAR = '[^\\0-\\x1f\\"\\\\\\r\\n]'
-# Converted schemas are remembered (agents resend the same tools), up to this
-# many bytes of schema and grammar together: a grammar can be 70 times its schema.
-GRAMMAR_CACHE_BYTES = 64 * 1024 * 1024
 # xgrammar's messages start with where in its C++ source they were raised.
 _SOURCE_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\]\s*|(?:/[\w.+-]+)+\.(?:cc|cpp|cxx|h|hpp|py):\d+:?\s*")
 
@@ -85,8 +83,10 @@ def backend_message(exc: BaseException) -> str:
 
 
 class GrammarCache:
-    """Least recently used conversions, bounded by bytes rather than entries.
-    Shared by the prepare threads, hence the lock."""
+    """Converted schemas, remembered (agents resend the same tools): least
+    recently used first out, bounded by bytes rather than entries, as a
+    grammar can be 70 times its schema (--grammar-cache-mb). Shared by the
+    prepare threads, hence the lock."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -115,15 +115,12 @@ class GrammarCache:
                 self.size -= len(schema) + len(old)
 
 
-_cache = GrammarCache(GRAMMAR_CACHE_BYTES)
-
-
-def _convert_cached(schema_json: str, any_whitespace: bool) -> str:
+def convert_cached(schema_json: str, any_whitespace: bool, cache: GrammarCache) -> str:
     key = (schema_json, any_whitespace)
-    grammar = _cache.get(key)
+    grammar = cache.get(key)
     if grammar is None:
         grammar = _convert(schema_json, any_whitespace)
-        _cache.put(key, grammar)
+        cache.put(key, grammar)
     return grammar
 
 
@@ -135,11 +132,20 @@ def schema_json(schema: Any, param: str, limits: SchemaLimits) -> str:
     return json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
 
 
-def schema_grammar(text: str, param: str, any_whitespace: bool) -> str:
+@dataclass(frozen=True)
+class GrammarSettings:
+    """What converting a request's schemas needs from the server."""
+
+    any_whitespace: bool
+    limits: SchemaLimits
+    cache: GrammarCache
+
+
+def schema_grammar(text: str, param: str, settings: GrammarSettings) -> str:
     """EBNF for JSON that follows the schema `text`, or a 400 naming `param`
     if it is not a JSON Schema the grammar backend can enforce."""
     try:
-        return _convert_cached(text, any_whitespace)
+        return convert_cached(text, settings.any_whitespace, settings.cache)
     except _BadSchema as exc:
         raise InvalidRequest(f"{param}: {exc}", param=param) from None
 
@@ -184,13 +190,13 @@ def _callable_tools(req: ChatCompletionRequest, tool_choice: str | None) -> set[
     return {t.function.name for t in req.tools or ()}
 
 
-def structured_spec(req: ChatCompletionRequest, tool_choice: str | None, any_whitespace: bool,
-                    limits: SchemaLimits) -> StructuredSpec | None:  # fmt: skip
+def structured_spec(req: ChatCompletionRequest, tool_choice: str | None,
+                    settings: GrammarSettings) -> StructuredSpec | None:  # fmt: skip
     """The grammar a chat request asks for, if any. `tool_choice`: the
     request's kind of tool choice, None when it has no tools. Every schema is
     held to the limits; only those of the tools the choice can call, and the
     response format's, are checked and converted."""
-    fmt = req.response_format
+    fmt, limits = req.response_format, settings.limits
     calls = tool_choice not in (None, "none")
     if calls and fmt is not None and fmt.type != "text":
         raise InvalidRequest(
@@ -205,13 +211,13 @@ def structured_spec(req: ChatCompletionRequest, tool_choice: str | None, any_whi
     check_bytes(sizes + ([(fmt_param, len(fmt_text))] if fmt_text else []), limits)
     if calls:
         callable_ = _callable_tools(req, tool_choice)
-        grammars = {name: schema_grammar(text, param, any_whitespace)
+        grammars = {name: schema_grammar(text, param, settings)
                     for name, (param, text) in texts.items() if name in callable_}  # fmt: skip
         return tool_grammar(req, tool_choice, grammars)
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return StructuredSpec("grammar", schema_grammar('{"type":"object"}', "response_format", any_whitespace),
+        return StructuredSpec("grammar", schema_grammar('{"type":"object"}', "response_format", settings),
                               "response_format")  # fmt: skip
     assert fmt_text is not None  # the protocol requires a schema for json_schema
-    return StructuredSpec("grammar", schema_grammar(fmt_text, fmt_param, any_whitespace), fmt_param)
+    return StructuredSpec("grammar", schema_grammar(fmt_text, fmt_param, settings), fmt_param)

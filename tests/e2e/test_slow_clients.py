@@ -35,7 +35,8 @@ def guarded(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     keys.write_text(f"{hash_line(API_KEY, 'main')}\n{hash_line(LIMITED_KEY, 'limited')} rpm=3\n")
     keys.chmod(0o600)
     extra = ["--api-keys-file", str(keys), "--read-deadline", str(DEADLINE_S), "--stream-write-timeout",
-             str(WRITE_TIMEOUT_S), "--max-concurrent-requests", "1", "--max-logprob-entries", "100000"]  # fmt: skip
+             str(WRITE_TIMEOUT_S), "--max-concurrent-requests", "1", "--max-logprob-entries", "100000",
+             "--grammar-cache-mb", "1"]  # fmt: skip
     server = start_server(tiny_checkpoint, log, extra)
     yield server
     stop_server(server)
@@ -244,3 +245,20 @@ def test_a_whole_response_that_is_never_read_is_cut(guarded: LiveServer) -> None
         reader.close()
     assert received.startswith(b"HTTP/1.1 200") and len(received) < 8_000_000  # cut short, not sent whole
     assert _chat(guarded) == 200
+
+
+def test_the_grammar_cache_stays_within_its_bytes(guarded: LiveServer) -> None:
+    """Finding 10: the cache kept 256 conversions of up to 64 KiB schemas,
+    each up to 70 times larger as a grammar: about 1.2 GB. Here its budget is
+    1 MiB (--grammar-cache-mb 1) and 18 distinct ~75 KB conversions go by."""
+    sizes = []
+    for i in range(18):
+        schema = {"type": "object", "properties": {f"f{i}_{j}": {"type": "string"} for j in range(450)}}
+        fmt = {"type": "json_schema", "json_schema": {"name": "many", "schema": schema}}
+        body = {"messages": MESSAGES, "response_format": fmt, "max_tokens": 1}
+        r = httpx.post(guarded.url("/v1/chat/completions"), json=body, headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        sizes.append(_metric(guarded, "lemur:grammar_cache_bytes"))
+    print(f"\n[grammar cache] bytes after each request: {[int(s) for s in sizes]}")
+    assert sizes[0] > 0 and max(sizes) <= 1024 * 1024
+    assert sizes[-1] - sizes[-5] < sizes[0]  # full: each new entry pushed an old one out

@@ -13,7 +13,7 @@ from lemur.server.engine import StructuredSpec
 from lemur.server.errors import InvalidRequest
 from lemur.server.protocol.chat import ChatCompletionRequest
 from lemur.server.serving.schema_checks import SchemaLimits
-from lemur.server.serving.structured import schema_grammar, schema_json, structured_spec
+from lemur.server.serving.structured import GrammarCache, GrammarSettings, schema_grammar, schema_json, structured_spec
 from lemur.server.serving.tool_calls import ToolCallParser
 
 REPLIES = [
@@ -104,10 +104,12 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 
 
 LIMITS = SchemaLimits(max_bytes=256 * 1024, max_properties=1024, max_enum_values=1024, max_any_of=128)
+TIGHT = GrammarSettings(False, LIMITS, GrammarCache(1 << 20))
 
 
 def grammar(schema, param: str, any_whitespace: bool) -> str:
-    return schema_grammar(schema_json(schema, param, LIMITS), param, any_whitespace)
+    settings = GrammarSettings(any_whitespace, LIMITS, TIGHT.cache)
+    return schema_grammar(schema_json(schema, param, LIMITS), param, settings)
 
 
 def request(**fields) -> ChatCompletionRequest:
@@ -120,7 +122,7 @@ def test_tool_choice_kinds_become_structural_tags() -> None:
 
     def fmt(**fields) -> dict:
         req = request(**fields)
-        spec = structured_spec(req, kind(req), any_whitespace=False, limits=LIMITS)
+        spec = structured_spec(req, kind(req), TIGHT)
         assert isinstance(spec, StructuredSpec) and spec.kind == "structural_tag" and spec.param == "tools"
         return json.loads(spec.spec)["format"]
 
@@ -132,11 +134,8 @@ def test_tool_choice_kinds_become_structural_tags() -> None:
     assert required["type"] == "tags_with_separator" and required["at_least_one"] and required["stop_after_first"]
     named = fmt(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert named["stop_after_first"] and len(named["tags"]) == 1
-    assert (
-        structured_spec(request(tools=[WEATHER], tool_choice="none"), "none", any_whitespace=False, limits=LIMITS)
-        is None
-    )
-    assert structured_spec(request(), None, any_whitespace=False, limits=LIMITS) is None
+    assert structured_spec(request(tools=[WEATHER], tool_choice="none"), "none", TIGHT) is None
+    assert structured_spec(request(), None, TIGHT) is None
 
 
 def accepts(ebnf: str, text: str) -> bool:
@@ -287,7 +286,7 @@ def test_schema_limits_are_400_limit_exceeded_naming_the_field(fields: dict, par
     for choice in ("auto", "none"):
         req = request(**fields, **({"tool_choice": choice} if "tools" in fields else {}))
         with pytest.raises(InvalidRequest) as err:
-            structured_spec(req, req.tool_choice_kind() if req.tools else None, False, LIMITS)
+            structured_spec(req, req.tool_choice_kind() if req.tools else None, TIGHT)
         assert err.value.code == "limit_exceeded" and err.value.param.startswith(param), err.value.param
         assert flag in err.value.message
 
@@ -295,12 +294,12 @@ def test_schema_limits_are_400_limit_exceeded_naming_the_field(fields: dict, par
 def test_only_the_tools_the_choice_can_call_are_converted() -> None:
     """A bad schema in a tool that cannot be called costs nothing and is no error."""
     broken = _tool("broken", {"type": "object", "properties": {"a": {"type": "strin"}}})
-    assert structured_spec(request(tools=[broken], tool_choice="none"), "none", False, LIMITS) is None
+    assert structured_spec(request(tools=[broken], tool_choice="none"), "none", TIGHT) is None
     named = request(tools=[WEATHER, broken], tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    spec = structured_spec(named, "named", False, LIMITS)
+    spec = structured_spec(named, "named", TIGHT)
     assert spec is not None and "broken" not in spec.spec
     with pytest.raises(InvalidRequest) as err:
-        structured_spec(request(tools=[WEATHER, broken], tool_choice="auto"), "auto", False, LIMITS)
+        structured_spec(request(tools=[WEATHER, broken], tool_choice="auto"), "auto", TIGHT)
     assert err.value.param == "tools.1.function.parameters"
 
 
