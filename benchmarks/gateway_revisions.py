@@ -35,10 +35,34 @@ from lemur.server.live import LiveServer, free_port, wait_ready  # noqa: E402
 from tests.support.layout import lay_out  # noqa: E402
 
 PY = sys.executable
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city.",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "run_shell", "description": "Run a shell command.",
+     "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}},
+                    "timeout_ms": {"type": "integer", "minimum": 1}}, "required": ["command"]}}},
+]  # fmt: skip
 SCENARIOS = {
     # name: lemur bench arguments, and the figure compared
     "non-streaming, max_tokens 1, 32 in flight": (
         ["--no-stream", "--concurrency", "32", "--num-requests", "2000", "--output-len", "1"],
+        "request_throughput",
+    ),
+    # Two function tools, tool_choice auto: the schemas are checked and converted
+    # once, then every request takes the cached grammar (the agents' case).
+    "non-streaming with 2 tools, max_tokens 1, 32 in flight": (
+        [
+            "--no-stream",
+            "--concurrency",
+            "32",
+            "--num-requests",
+            "2000",
+            "--output-len",
+            "1",
+            "--extra-body",
+            json.dumps({"tools": TOOLS, "tool_choice": "auto"}),
+        ],
         "request_throughput",
     ),
     "streaming 64 tokens, 128 streams": (
