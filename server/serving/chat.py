@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pydantic import BaseModel
 
@@ -155,26 +156,29 @@ class ChatService:
         ctx.metrics.watch_grammar_cache(lambda: cache.size)
         self.grammar = GrammarSettings(ctx.engine.info.json_whitespace, self.schema_limits, cache)
 
-    def _grammar(self, req: ChatCompletionRequest, tool_choice: str | None) -> StructuredSpec | None:
+    def _grammar(self, req: ChatCompletionRequest, tool_choice: str | None, convert: bool) -> StructuredSpec | None:
         metrics = self.ctx.metrics
         fmt = req.response_format.type if req.response_format is not None else "text"
         if fmt == "text" and tool_choice is None:
             grammar = None
         else:
             t0 = time.perf_counter()
-            grammar = structured_spec(req, tool_choice, self.grammar)
+            settings = self.grammar if convert else replace(self.grammar, convert=False)
+            grammar = structured_spec(req, tool_choice, settings)
             metrics.grammar_seconds.observe(time.perf_counter() - t0)
         metrics.child(metrics.structured_requests, fmt, tool_choice or "no_tools").inc()
         return grammar
 
-    def prepare(self, req: ChatCompletionRequest, caller: Caller) -> Prepared:
+    def prepare(self, req: ChatCompletionRequest, caller: Caller, convert: bool = True) -> Prepared:
+        """`convert` False: with cached grammars only (else NotConverted), as
+        the pipeline first tries, on the path of a plain prompt."""
         ctx = self.ctx
         target = ctx.resolve_model(req.model)
         check_sequences(ctx.config, req.n, prompts=1)
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         check_max_tokens(ctx.config, req.requested_max_tokens(), param)
         tool_choice = req.tool_choice_kind() if req.tools else None
-        grammar = self._grammar(req, tool_choice)
+        grammar = self._grammar(req, tool_choice, convert)
         # With tool_choice "none" the tools stay out of the prompt: nothing to call.
         tools = req.tools if tool_choice not in (None, "none") else None
         prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt, tools)

@@ -127,7 +127,7 @@ class CompletionService:
         check_token_ids(prompt, self.ctx.engine.info.vocab_size, "prompt")
         return PromptInput(tok.decode(prompt), tuple(prompt))
 
-    def prepare(self, req: CompletionRequest, caller: Caller) -> Prepared:
+    def prepare(self, req: CompletionRequest, caller: Caller, convert: bool = True) -> Prepared:
         config = self.ctx.config
         target = self.ctx.resolve_model(req.model)
         raw_prompts = req.prompts()

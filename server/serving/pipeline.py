@@ -24,6 +24,7 @@ from lemur.server.serving.context import Caller, ServingContext
 from lemur.server.serving.generation import most_tokens
 from lemur.server.serving.respond import Prepared
 from lemur.server.serving.sse import EventStream
+from lemur.server.serving.structured import NotConverted
 
 T = TypeVar("T")
 B = TypeVar("B", ChatCompletionRequest, CompletionRequest)
@@ -168,7 +169,27 @@ class Service(Protocol[B]):
     """What an endpoint's serving class offers (ChatService, CompletionService):
     turning its body into engine requests and a way to answer."""
 
-    def prepare(self, body: B, caller: Caller) -> Prepared: ...
+    def prepare(self, body: B, caller: Caller, convert: bool = True) -> Prepared:
+        """`convert` False: use only grammars already converted, else raise NotConverted."""
+        ...
+
+
+async def _prepare(request: Request, service: Service[B], body: B, caller: Caller) -> Prepared:
+    """Render, tokenize and build the grammar: first as a plain prompt would
+    (agents resend the same tools, so the grammar is nearly always cached);
+    on a schema not yet converted, again on the grammar threads, in the key's
+    lane, and no longer than the client waits."""
+    ctx: ServingContext = request.app.state.ctx
+    param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+    chars = body.text_chars()
+    try:
+        return await ctx.pool.run(service.prepare, body, caller, False, chars=chars, param=param)
+    except NotConverted:
+        pass
+    converting = ctx.pool.run(
+        service.prepare, body, caller, True, chars=chars, param=param, heavy=True, owner=caller.key_name
+    )
+    return await until_disconnected(request, converting)
 
 
 async def serve(request: Request, service: Service[B], body: B) -> Response:
@@ -181,13 +202,7 @@ async def serve(request: Request, service: Service[B], body: B) -> Response:
     if not ctx.engine.is_alive():
         raise ServiceUnavailable("the inference engine is not running")
     caller: Caller = request.state.caller  # its requests per minute were counted with its key
-    param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
-    chars, heavy = body.text_chars(), body.needs_grammar()
-    preparing = ctx.pool.run(
-        service.prepare, body, caller, chars=chars, param=param, heavy=heavy, owner=caller.key_name
-    )
-    # Grammar work can take seconds: stop waiting for it if the client leaves.
-    prepared = await (until_disconnected(request, preparing) if heavy else preparing)
+    prepared = await _prepare(request, service, body, caller)
     request.state.model = prepared.model  # for the access log line
     account, stream = prepared.account, bool(body.stream)
     account.reserve(most_tokens(prepared.engine_requests))

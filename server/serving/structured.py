@@ -115,10 +115,16 @@ class GrammarCache:
                 self.size -= len(schema) + len(old)
 
 
-def convert_cached(schema_json: str, any_whitespace: bool, cache: GrammarCache) -> str:
+class NotConverted(Exception):
+    """A schema is not in the cache and this attempt may not convert it."""
+
+
+def convert_cached(schema_json: str, any_whitespace: bool, cache: GrammarCache, convert: bool) -> str:
     key = (schema_json, any_whitespace)
     grammar = cache.get(key)
     if grammar is None:
+        if not convert:
+            raise NotConverted
         grammar = _convert(schema_json, any_whitespace)
         cache.put(key, grammar)
     return grammar
@@ -139,13 +145,14 @@ class GrammarSettings:
     any_whitespace: bool
     limits: SchemaLimits
     cache: GrammarCache
+    convert: bool = True  # False: only cached conversions, else NotConverted
 
 
 def schema_grammar(text: str, param: str, settings: GrammarSettings) -> str:
     """EBNF for JSON that follows the schema `text`, or a 400 naming `param`
     if it is not a JSON Schema the grammar backend can enforce."""
     try:
-        return convert_cached(text, settings.any_whitespace, settings.cache)
+        return convert_cached(text, settings.any_whitespace, settings.cache, settings.convert)
     except _BadSchema as exc:
         raise InvalidRequest(f"{param}: {exc}", param=param) from None
 

@@ -137,14 +137,22 @@ def test_a_stream_that_is_never_read_is_cut_and_its_slot_reused(guarded: LiveSer
     assert busy == 0, "the cut stream's engine request is still running"
 
 
-def test_tokenize_is_rate_limited(guarded: LiveServer) -> None:
-    """/tokenize runs the tokenizer like any prompt: a key with rpm=3 gets 429 on the 4th call."""
+def test_tokenize_and_detokenize_are_rate_limited(guarded: LiveServer) -> None:
+    """/tokenize runs the tokenizer like any prompt: a key with rpm=3 gets 429
+    on the 4th call; /detokenize counts too (finding 4: it had no limit), and
+    the 429 comes from the headers, before a body is read or parsed."""
     headers = {"Authorization": f"Bearer {LIMITED_KEY}"}
     body = {"prompt": "def main():\n    return 0\n" * 200}
-    statuses = [httpx.post(guarded.url("/tokenize"), json=body, headers=headers, timeout=30) for _ in range(4)]
+    statuses = [httpx.post(guarded.url("/tokenize"), json=body, headers=headers, timeout=30) for _ in range(2)]
+    statuses.append(httpx.post(guarded.url("/detokenize"), json={"tokens": [100, 200]}, headers=headers, timeout=30))
+    statuses.append(httpx.post(guarded.url("/detokenize"), json={"tokens": [100, 200]}, headers=headers, timeout=30))
     assert [r.status_code for r in statuses] == [200, 200, 200, 429]
     assert statuses[-1].json()["error"]["code"] == "rate_limit_exceeded" and "limited" in statuses[-1].text
     assert int(statuses[-1].headers["Retry-After"]) >= 1
+    with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=10) as s:  # a 1 MB body, never sent
+        s.sendall(f"POST /tokenize HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {LIMITED_KEY}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n".encode())  # fmt: skip
+        assert s.recv(4096).startswith(b"HTTP/1.1 429")
 
 
 def _read_until_closed(sock: socket.socket, within: float) -> bytes:
