@@ -88,7 +88,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     ctx.resolve_model(body.model)
     caller: Caller = request.state.caller
     if body.messages is not None:
-        chars = sum(len(m.text()) for m in body.messages) + tool_chars(body.tools, request.app.state.chat.schema_limits)
+        chars = sum(len(m.text()) for m in body.messages) + tool_chars(body.tools, request.app.state.chat.grammar)
         args = (render_messages, ctx, body.messages, body.add_generation_prompt, body.tools)
         tokens = await ctx.pool.run(*args, chars=chars, param="messages")
     else:

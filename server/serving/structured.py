@@ -94,6 +94,9 @@ class GrammarCache:
         self._entries: OrderedDict[tuple[str, bool], str] = OrderedDict()
         self._lock = threading.Lock()
 
+    def has(self, key: tuple[str, bool]) -> bool:
+        return key in self._entries  # one dict lookup: atomic under the GIL
+
     def get(self, key: tuple[str, bool]) -> str | None:
         with self._lock:
             value = self._entries.get(key)
@@ -130,14 +133,6 @@ def convert_cached(schema_json: str, any_whitespace: bool, cache: GrammarCache, 
     return grammar
 
 
-def schema_json(schema: Any, param: str, limits: SchemaLimits) -> str:
-    """The schema as compact JSON, once it is an object within the limits."""
-    if not isinstance(schema, dict):
-        raise InvalidRequest(f"{param}: a JSON Schema must be an object", param=param)
-    check_limits(schema, param, limits)
-    return json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
-
-
 @dataclass(frozen=True)
 class GrammarSettings:
     """What converting a request's schemas needs from the server."""
@@ -146,6 +141,18 @@ class GrammarSettings:
     limits: SchemaLimits
     cache: GrammarCache
     convert: bool = True  # False: only cached conversions, else NotConverted
+
+
+def schema_json(schema: Any, param: str, settings: GrammarSettings) -> str:
+    """The schema as compact JSON, once it is an object within the limits
+    (counted again only for a schema not converted before: the limits never
+    change while a server runs)."""
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{param}: a JSON Schema must be an object", param=param)
+    text = json.dumps(schema, separators=(",", ":"))  # key order kept: it is the order of the output
+    if not settings.cache.has((text, settings.any_whitespace)):
+        check_limits(schema, param, settings.limits)
+    return text
 
 
 def schema_grammar(text: str, param: str, settings: GrammarSettings) -> str:
@@ -157,14 +164,14 @@ def schema_grammar(text: str, param: str, settings: GrammarSettings) -> str:
         raise InvalidRequest(f"{param}: {exc}", param=param) from None
 
 
-def tool_chars(tools: list[Tool] | None, limits: SchemaLimits) -> int:
+def tool_chars(tools: list[Tool] | None, settings: GrammarSettings) -> int:
     """Characters the tools add to a rendered prompt (their JSON), once each
     schema is within the limits (for /tokenize, which renders them all)."""
     sizes: list[tuple[str, int]] = []
     for i, tool in enumerate(tools or ()):
         param = f"tools.{i}.function.parameters"
-        sizes.append((param, len(schema_json(tool.function.schema(), param, limits))))
-        check_bytes(sizes, limits)  # as it grows: no more work once over
+        sizes.append((param, len(schema_json(tool.function.schema(), param, settings))))
+        check_bytes(sizes, settings.limits)  # as it grows: no more work once over
     return sum(size for _, size in sizes) + sum(len(t.function.description or "") for t in tools or ())
 
 
@@ -211,9 +218,9 @@ def structured_spec(req: ChatCompletionRequest, tool_choice: str | None,
             param="response_format",
         )
     texts = {t.function.name: (f"tools.{i}.function.parameters", schema_json(t.function.schema(),
-             f"tools.{i}.function.parameters", limits)) for i, t in enumerate(req.tools or ())}  # fmt: skip
+             f"tools.{i}.function.parameters", settings)) for i, t in enumerate(req.tools or ())}  # fmt: skip
     fmt_param = "response_format.json_schema.schema"
-    fmt_text = schema_json(fmt.json_schema.schema_, fmt_param, limits) if fmt and fmt.json_schema else None
+    fmt_text = schema_json(fmt.json_schema.schema_, fmt_param, settings) if fmt and fmt.json_schema else None
     sizes = [(param, len(text)) for param, text in texts.values()]
     check_bytes(sizes + ([(fmt_param, len(fmt_text))] if fmt_text else []), limits)
     if calls:

@@ -109,7 +109,7 @@ TIGHT = GrammarSettings(False, LIMITS, GrammarCache(1 << 20))
 
 def grammar(schema, param: str, any_whitespace: bool) -> str:
     settings = GrammarSettings(any_whitespace, LIMITS, TIGHT.cache)
-    return schema_grammar(schema_json(schema, param, LIMITS), param, settings)
+    return schema_grammar(schema_json(schema, param, settings), param, settings)
 
 
 def request(**fields) -> ChatCompletionRequest:
