@@ -182,8 +182,9 @@ async def _prepare(request: Request, service: Service[B], body: B, caller: Calle
     ctx: ServingContext = request.app.state.ctx
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     chars = body.text_chars()
-    try:
-        return await ctx.pool.run(service.prepare, body, caller, False, chars=chars, param=param)
+    try:  # with tools or a schema on a prompt thread, as rendering them takes a while
+        grammar = body.needs_grammar()
+        return await ctx.pool.run(service.prepare, body, caller, False, chars=chars, param=param, inline=not grammar)
     except NotConverted:
         pass
     converting = ctx.pool.run(

@@ -59,21 +59,30 @@ class PreparePool:
         self.max_chars = max(65536, MAX_CHARS_PER_TOKEN * max_model_len)
 
     async def run(
-        self, fn: Callable[..., T], *args: object, chars: int, param: str, heavy: bool = False, owner: str = ""
+        self,
+        fn: Callable[..., T],
+        *args: object,
+        chars: int,
+        param: str,
+        heavy: bool = False,
+        owner: str = "",
+        inline: bool = True,
     ) -> T:
         """`fn(*args)` for a prompt of `chars` characters (the request field
         `param`): refused at once if no context could hold it; inline when it
         is short, where the hop to a thread would cost more than the work
-        (measured: always hopping cut small-request throughput by 40 %);
-        otherwise on the pool. `heavy` work (grammars) of any size goes to the
-        grammar threads, in the lane of `owner` (the API key's name)."""
+        (measured: always hopping cut small-request throughput by 40 %),
+        unless `inline` is False (tools, whose rendering is long whatever the
+        messages' size); otherwise on the pool. `heavy` work (converting
+        grammars) goes to the grammar threads, in the lane of `owner` (the
+        API key's name)."""
         if chars > self.max_chars:
             raise ContextLengthExceeded(
                 f"the prompt has {chars} characters: more than any {self.max_chars // MAX_CHARS_PER_TOKEN}-token "
                 "context can hold. Please shorten it.",
                 param=param,
             )
-        if chars <= INLINE_CHARS and not heavy:
+        if chars <= INLINE_CHARS and inline and not heavy:
             return fn(*args)
         if heavy:
             return await self._run_in_lane(owner, fn, args)
