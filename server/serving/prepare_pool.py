@@ -11,8 +11,6 @@ never fit the model's context.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -31,17 +29,6 @@ MAX_CHARS_PER_TOKEN = 64
 INLINE_CHARS = 8192
 
 
-def _yield_to_the_loop() -> None:
-    """Grammar threads run at a lower CPU priority than the event loop's (on
-    Linux a thread has its own nice value): on a busy machine a schema check
-    waits, not every stream and probe. Python threads still share the GIL;
-    this is about the cores."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
-        pass
-
-
 class PreparePool:
     """Two sets of threads: one for prompts, one for grammar work (schema
     checks and conversions), so that no schema ever delays a plain prompt.
@@ -50,9 +37,7 @@ class PreparePool:
 
     def __init__(self, workers: int, max_waiting: int, max_model_len: int, grammar_timeout: float = 30.0) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lemur-prepare")
-        self._grammar = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="lemur-grammar", initializer=_yield_to_the_loop
-        )
+        self._grammar = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lemur-grammar")
         self._slots = asyncio.Semaphore(workers + max_waiting)
         self._lanes: dict[str, asyncio.Lock] = {}
         self.grammar_timeout = grammar_timeout
