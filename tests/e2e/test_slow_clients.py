@@ -206,7 +206,9 @@ def test_a_partial_second_request_after_a_normal_one_meets_the_deadline(guarded:
 def test_pipelined_streams_both_finish_even_when_longer_than_the_deadline(guarded: LiveServer) -> None:
     """HTTP/1.1 pipelining: the second request is wholly in while the first is
     answered, so the read deadline must not cut its (long) stream."""
-    stream = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 5}
+    # 8 x 480 tokens with 20 alternatives each: several seconds of work here, so
+    # that the second stream outlasts the 2 s deadline on a faster machine too.
+    stream = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20}
     body = json.dumps({"messages": MESSAGES, **stream})
     request = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
