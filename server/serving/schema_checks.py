@@ -64,24 +64,19 @@ def _field(param: str, path: Path) -> str:
 
 def check_limits(schema: Any, param: str, limits: SchemaLimits) -> None:
     """400 limit_exceeded, naming the field, for a schema over the limits."""
-    properties = enum_values = 0
+    # Counted over the whole schema: (keyword, its type, limit, what, flag).
+    totals = (("properties", dict, limits.max_properties, "object properties", "--max-schema-properties"),
+              ("enum", list, limits.max_enum_values, "enum values", "--max-schema-enum-values"))  # fmt: skip
+    counts = [0] * len(totals)
     for path, node in subschemas(schema):
-        if isinstance(node.get("properties"), dict):
-            properties += len(node["properties"])
-            if properties > limits.max_properties:
-                raise LimitExceeded(
-                    f"{_field(param, path)}: the schema has more than {limits.max_properties} object properties "
-                    "(--max-schema-properties)",
-                    param=_field(param, (*path, "properties")),
-                )
-        if isinstance(node.get("enum"), list):
-            enum_values += len(node["enum"])
-            if enum_values > limits.max_enum_values:
-                raise LimitExceeded(
-                    f"{_field(param, path)}: the schema has more than {limits.max_enum_values} enum values "
-                    "(--max-schema-enum-values)",
-                    param=_field(param, (*path, "enum")),
-                )
+        for i, (key, kind, limit, what, flag) in enumerate(totals):
+            if isinstance(node.get(key), kind):
+                counts[i] += len(node[key])
+                if counts[i] > limit:
+                    raise LimitExceeded(
+                        f"{_field(param, path)}: the schema has more than {limit} {what} ({flag})",
+                        param=_field(param, (*path, key)),
+                    )
         for key in ("anyOf", "oneOf"):
             if isinstance(node.get(key), list) and len(node[key]) > limits.max_any_of:
                 raise LimitExceeded(

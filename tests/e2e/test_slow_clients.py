@@ -51,6 +51,14 @@ def _chat(server: LiveServer, max_tokens: int = 4) -> int:
     return httpx.post(server.url("/v1/chat/completions"), json=body, headers=AUTH, timeout=30).status_code
 
 
+def _raw_chat(body: str) -> bytes:
+    """A whole chat request as bytes, for sockets that the tests drive by hand."""
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
 def _closed_by_peer(sock: socket.socket) -> bool:
     try:
         return sock.recv(1024) == b""
@@ -107,10 +115,7 @@ def test_a_stream_that_is_never_read_is_cut_and_its_slot_reused(guarded: LiveSer
     # ~8 MB of events (20 top logprobs on each of 8 x 480 tokens): more than any socket buffers hold.
     stream = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20}
     body = json.dumps({"messages": MESSAGES, **stream})
-    request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
-    ).encode()
+    request = _raw_chat(body)
     reader = socket.socket()
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
     reader.connect(("127.0.0.1", _port(guarded)))
@@ -210,10 +215,7 @@ def test_pipelined_streams_both_finish_even_when_longer_than_the_deadline(guarde
     # that the second stream outlasts the 2 s deadline on a faster machine too.
     stream = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20}
     body = json.dumps({"messages": MESSAGES, **stream})
-    request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
-    ).encode()
+    request = _raw_chat(body)
     data, done_at = b"", []
     with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=120) as s:
         s.sendall(request + request + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -234,10 +236,7 @@ def test_a_whole_response_that_is_never_read_is_cut(guarded: LiveServer) -> None
     cut_before = _metric(guarded, "lemur:slow_clients_total")
     asked = {"max_tokens": 480, "n": 8, "ignore_eos": True, "logprobs": True, "top_logprobs": 20}  # ~8 MB of JSON
     body = json.dumps({"messages": MESSAGES, **asked})
-    request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
-    ).encode()
+    request = _raw_chat(body)
     reader = socket.socket()
     reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     reader.connect(("127.0.0.1", _port(guarded)))
