@@ -22,6 +22,7 @@ from lemur.server.protocol.completions import CompletionRequest
 from lemur.server.serving import respond
 from lemur.server.serving.context import Caller, ServingContext
 from lemur.server.serving.generation import most_tokens
+from lemur.server.serving.prepare_pool import Turn
 from lemur.server.serving.respond import Prepared
 from lemur.server.serving.sse import EventStream
 from lemur.server.serving.structured import NotConverted
@@ -174,23 +175,30 @@ class Service(Protocol[B]):
         ...
 
 
-async def _prepare(request: Request, service: Service[B], body: B, caller: Caller) -> Prepared:
+async def _prepare(request: Request, service: Service[B], body: B, caller: Caller) -> tuple[Prepared, Turn | None]:
     """Render, tokenize and build the grammar: first as a plain prompt would
     (agents resend the same tools, so the grammar is nearly always cached);
-    on a schema not yet converted, again on the grammar threads, in the key's
-    lane, and no longer than the client waits."""
+    on a schema not yet converted, again on the grammar threads, in a turn of
+    the key's lane (returned: the caller ends it), and no longer than the
+    client waits."""
     ctx: ServingContext = request.app.state.ctx
     param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
     chars = body.text_chars()
     try:  # with tools or a schema on a prompt thread, as rendering them takes a while
-        grammar = body.needs_grammar()
-        return await ctx.pool.run(service.prepare, body, caller, False, chars=chars, param=param, inline=not grammar)
+        inline = not body.needs_grammar()
+        return await ctx.pool.run(service.prepare, body, caller, False, chars=chars, param=param, inline=inline), None
     except NotConverted:
         pass
-    converting = ctx.pool.run(
-        service.prepare, body, caller, True, chars=chars, param=param, heavy=True, owner=caller.key_name
-    )
-    return await until_disconnected(request, converting)
+
+    async def converting() -> tuple[Prepared, Turn]:
+        turn = await ctx.pool.take_turn(caller.key_name)
+        try:
+            return await ctx.pool.convert(turn, service.prepare, body, caller, True, chars=chars, param=param), turn
+        except BaseException:
+            turn.request_done()
+            raise
+
+    return await until_disconnected(request, converting())
 
 
 async def serve(request: Request, service: Service[B], body: B) -> Response:
@@ -203,17 +211,31 @@ async def serve(request: Request, service: Service[B], body: B) -> Response:
     if not ctx.engine.is_alive():
         raise ServiceUnavailable("the inference engine is not running")
     caller: Caller = request.state.caller  # its requests per minute were counted with its key
-    prepared = await _prepare(request, service, body, caller)
-    request.state.model = prepared.model  # for the access log line
-    account, stream = prepared.account, bool(body.stream)
-    account.reserve(most_tokens(prepared.engine_requests))
+    prepared, turn = await _prepare(request, service, body, caller)
     if ctx.config.log_prompts:
         logger.info("prompt", extra={"body": body.model_dump(exclude_none=True)})
+    try:
+        return await _run(request, ctx, prepared, bool(body.stream), turn)
+    finally:
+        if turn is not None:
+            turn.request_done()  # when it failed; else done already, at the first output
+
+
+async def _run(request: Request, ctx: ServingContext, prepared: Prepared, stream: bool, turn: Turn | None) -> Response:
+    """Run a prepared request, ending its grammar turn (if any) at its first output."""
+    request.state.model = prepared.model  # for the access log line
+    account = prepared.account
+    account.reserve(most_tokens(prepared.engine_requests))
 
     async def admitted() -> tuple[Permit, EventStream | respond.Whole]:
         permit = await ctx.admission.acquire(prepared.sequences())
         try:
-            return permit, await (respond.stream(ctx, prepared) if stream else respond.complete(ctx, prepared))
+            if stream:
+                events = await respond.stream(ctx, prepared)  # returns at the first output
+                if turn is not None:
+                    turn.request_done()
+                return permit, events
+            return permit, await respond.complete(ctx, prepared, turn.request_done if turn is not None else None)
         except BaseException:
             permit.release()
             raise

@@ -29,11 +29,37 @@ MAX_CHARS_PER_TOKEN = 64
 INLINE_CHARS = 8192
 
 
+class Turn:
+    """A key's turn at grammar work, for one request whose schemas are new:
+    over when both the conversion thread is done (even if the request
+    stopped waiting for it) and the request has let go, once the engine sent
+    its first output (so the engine compiled its grammar) or it ended. A key
+    sending new schemas waits for itself, in the gateway and in the engine's
+    compile queue, never the others."""
+
+    def __init__(self, lane: asyncio.Lock) -> None:
+        self._lane = lane
+        self._holders = {"thread", "request"}
+
+    def _drop(self, holder: str) -> None:
+        if holder in self._holders:
+            self._holders.discard(holder)
+            if not self._holders:
+                self._lane.release()
+
+    def thread_done(self) -> None:
+        self._drop("thread")
+
+    def request_done(self) -> None:
+        """The request's part (idempotent): call it at its first engine output and when it ends."""
+        self._drop("request")
+
+
 class PreparePool:
     """Two sets of threads: one for prompts, one for grammar work (schema
     checks and conversions), so that no schema ever delays a plain prompt.
-    Grammar work also runs one request at a time per API key (its lane): a
-    key sending slow schemas waits for itself, not the others."""
+    Grammar work also runs one request at a time per API key (its lane, taken
+    in `Turn`s): a key sending slow schemas waits for itself, not the others."""
 
     def __init__(self, workers: int, max_waiting: int, max_model_len: int, grammar_timeout: float = 30.0) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lemur-prepare")
@@ -43,52 +69,49 @@ class PreparePool:
         self.grammar_timeout = grammar_timeout
         self.max_chars = max(65536, MAX_CHARS_PER_TOKEN * max_model_len)
 
-    async def run(
-        self,
-        fn: Callable[..., T],
-        *args: object,
-        chars: int,
-        param: str,
-        heavy: bool = False,
-        owner: str = "",
-        inline: bool = True,
-    ) -> T:
-        """`fn(*args)` for a prompt of `chars` characters (the request field
-        `param`): refused at once if no context could hold it; inline when it
-        is short, where the hop to a thread would cost more than the work
-        (measured: always hopping cut small-request throughput by 40 %),
-        unless `inline` is False (tools, whose rendering is long whatever the
-        messages' size); otherwise on the pool. `heavy` work (converting
-        grammars) goes to the grammar threads, in the lane of `owner` (the
-        API key's name)."""
+    def _check_chars(self, chars: int, param: str) -> None:
         if chars > self.max_chars:
             raise ContextLengthExceeded(
                 f"the prompt has {chars} characters: more than any {self.max_chars // MAX_CHARS_PER_TOKEN}-token "
                 "context can hold. Please shorten it.",
                 param=param,
             )
-        if chars <= INLINE_CHARS and inline and not heavy:
+
+    async def run(self, fn: Callable[..., T], *args: object, chars: int, param: str, inline: bool = True) -> T:
+        """`fn(*args)` for a prompt of `chars` characters (the request field
+        `param`): refused at once if no context could hold it; inline when it
+        is short, where the hop to a thread would cost more than the work
+        (measured: always hopping cut small-request throughput by 40 %),
+        unless `inline` is False (tools, whose rendering is long whatever the
+        messages' size); otherwise on the pool."""
+        self._check_chars(chars, param)
+        if chars <= INLINE_CHARS and inline:
             return fn(*args)
-        if heavy:
-            return await self._run_in_lane(owner, fn, args)
         if self._slots.locked():
             raise RateLimited("the server is busy preparing other prompts; retry later", retry_after=1.0)
         async with self._slots:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _run_in_lane(self, owner: str, fn: Callable[..., T], args: tuple[object, ...]) -> T:
-        """The lane is held until the thread is done, not merely until this
-        request stops waiting (timed out, or its client left): a key cannot
-        pile work up behind a deadline. A job still queued is dropped."""
-        loop = asyncio.get_running_loop()
+    async def take_turn(self, owner: str) -> Turn:
+        """Wait for the lane of `owner` (an API key's name)."""
         lane = self._lanes.setdefault(owner, asyncio.Lock())
         await lane.acquire()
+        return Turn(lane)
+
+    async def convert(self, turn: Turn, fn: Callable[..., T], *args: object, chars: int, param: str) -> T:
+        """`fn(*args)` on the grammar threads, in `turn`, for at most
+        --grammar-timeout. The turn's thread part ends when the thread is
+        done, not merely when this stops waiting (timed out, or its client
+        left): a key cannot pile work up behind a deadline. A job still
+        queued is dropped."""
+        self._check_chars(chars, param)
+        loop = asyncio.get_running_loop()
         try:
             job = self._grammar.submit(fn, *args)
         except BaseException:
-            lane.release()
+            turn.thread_done()
             raise
-        job.add_done_callback(lambda _: loop.call_soon_threadsafe(lane.release))
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(turn.thread_done))
         try:
             async with asyncio.timeout(self.grammar_timeout):
                 return await asyncio.wrap_future(job)

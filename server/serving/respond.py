@@ -10,7 +10,7 @@ engine stream happen here, once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,12 +84,21 @@ class Prepared:
         return sum(len(r.prompt_token_ids) for r in self.engine_requests)
 
 
-async def collect(ctx: ServingContext, requests: Sequence[EngineRequest], account: Account) -> list[list[ChoiceResult]]:
+async def collect(
+    ctx: ServingContext,
+    requests: Sequence[EngineRequest],
+    account: Account,
+    first_output: Callable[[], None] | None = None,
+) -> list[list[ChoiceResult]]:
     """Run requests to the end: results[request][choice]. If one fails, the
-    others are aborted and its error is raised."""
+    others are aborted and its error is raised. `first_output` is called
+    when the first output arrives."""
     results = [[ChoiceResult(i) for i in range(r.sampling.n)] for r in requests]
     async with aclosing(merge(ctx, requests, account)) as outputs:
         async for i, out in outputs:
+            if first_output is not None:
+                first_output()
+                first_output = None
             results[i][out.index].add(out)
     for choices in results:
         # With n > 1 vLLM sends a prompt's logprobs with one choice only; share them.
@@ -117,8 +126,8 @@ def _entries(results: list[list[ChoiceResult]]) -> int:
     return sum(len(c.token_ids) + sum(len(lp.top) for lp in c.logprobs) for cs in results for c in cs)
 
 
-async def complete(ctx: ServingContext, p: Prepared) -> Whole:
-    results = await collect(ctx, p.engine_requests, p.account)
+async def complete(ctx: ServingContext, p: Prepared, first_output: Callable[[], None] | None = None) -> Whole:
+    results = await collect(ctx, p.engine_requests, p.account, first_output)
     completion_tokens = sum(len(c.token_ids) for choices in results for c in choices)
     usage = Usage.of(p.prompt_tokens(), completion_tokens)
 

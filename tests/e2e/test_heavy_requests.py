@@ -116,10 +116,12 @@ def test_schema_bytes_per_request_are_capped_also_on_tokenize(server) -> None:
 
 def test_slow_schemas_of_one_key_delay_neither_probes_nor_another_key(server) -> None:
     """Finding 3: four 1000-property tools held every prepare thread, and a
-    json_object request waited 30 s behind them. Now one key's schema work
-    runs one request at a time on threads that prompts never wait for. (600
-    properties here: each still takes the engine most of a second to compile,
-    and 2 cores shared by four busy processes is load enough.)"""
+    json_object request waited 30 s behind them. Now a key's new schemas are
+    checked and converted on threads that prompts never wait for, one
+    request at a time per key, each holding its key's turn until the engine
+    compiled its grammar (its first output): another key waits behind at
+    most one of them in the engine's compile queue. (600 properties here:
+    each still takes the engine most of a second to compile.)"""
     results: dict[str, float] = {}
     statuses: list[str] = []
 
@@ -148,10 +150,7 @@ def test_slow_schemas_of_one_key_delay_neither_probes_nor_another_key(server) ->
     order = sorted(results, key=results.__getitem__)
     print(f"[schemas] finished in this order: {order}")
     assert len(results) == 5 and all(s.startswith("200") for s in statuses), statuses
-    assert order.index("other key") < 3  # not behind the slow key's queue
-    # On 2 cores the engine compiling these grammars and the gateway checking
-    # them (jsonschema, holding the GIL) keep the loop waiting now and then:
-    # measured median 5 ms, max 137-154 ms on a quiet machine.
+    assert order.index("other key") < 2  # behind at most the one compile ahead of it
     assert max(times) < FROZEN_S
 
 

@@ -159,12 +159,29 @@ def test_schema_grammar_has_no_free_whitespace_and_json_strings() -> None:
 
 
 @pytest.mark.parametrize(
-    "schema", [{"type": "objekt"}, {"type": 3}, {"properties": "x"}, [], {"$schema": []}, {"$ref": "#/nowhere"}]
-)
+    "schema",
+    [{"type": "objekt"}, {"type": 3}, {"properties": "x"}, [], {"$schema": []}, {"$ref": "#/nowhere"},
+     {"type": "string", "pattern": "("}],
+)  # fmt: skip
 def test_bad_schemas_are_400(schema) -> None:
     with pytest.raises(InvalidRequest) as info:
         grammar(schema, "response_format.json_schema.schema", any_whitespace=False)
     assert info.value.param == "response_format.json_schema.schema"
+
+
+def test_schema_errors_say_where() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "objekt"}}}
+    with pytest.raises(InvalidRequest, match="not a valid JSON Schema at properties/a/type"):
+        grammar(schema, "p", any_whitespace=False)
+
+
+def test_an_unknown_metaschema_is_refused_not_fetched() -> None:
+    """jsonschema_rs would fetch an unknown `$schema` over the network: a request
+    could make the server fetch any URL. Refused, with the drafts it knows."""
+    with pytest.raises(InvalidRequest, match=r"unknown \$schema"):
+        grammar({"$schema": "http://169.254.169.254/latest/meta-data/"}, "p", any_whitespace=False)
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}
+    assert "root" in grammar(draft7, "p", any_whitespace=False)
 
 
 @pytest.mark.parametrize(
