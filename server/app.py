@@ -33,6 +33,7 @@ from lemur.server.serving.lora_admin import AdapterService
 from lemur.server.serving.pipeline import ClientDisconnected
 from lemur.server.serving.prepare_pool import PreparePool
 from lemur.server.serving.respond import collect
+from lemur.server.serving.responses import ResponsesService
 from lemur.server.tokenizer import Tokenizer
 
 logger = logging.getLogger("lemur.app")
@@ -94,6 +95,7 @@ def create_app(
         app.state.ctx = ctx
         app.state.chat = ChatService(ctx)
         app.state.completions = CompletionService(ctx)
+        app.state.responses = ResponsesService(app.state.chat)
         app.state.lora_admin = AdapterService(ctx)
         try:
             await app.state.lora_admin.load_configured()

@@ -8,6 +8,7 @@ into `{"error": {"message", "type", "param", "code"}}` with the right status.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,19 +94,35 @@ def error_response(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
 
 
-def _validation_param(loc: tuple[Any, ...]) -> str | None:
+def validation_param(loc: tuple[Any, ...]) -> str | None:
     # loc looks like ("body", "messages", 0, "role"); drop the "body" prefix and
     # the union-member tags pydantic inserts ("literal['none','auto']", "function-after[...]").
     parts = [str(p) for p in loc if p != "body" and (isinstance(p, int) or str(p).isidentifier())]
     return ".".join(parts) or None
 
 
+# The tags pydantic gives the members of a plain union (`str | list[...]`).
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|list|dict|tuple)(\[.*\])?$")
+
+
+def _telling(errors: list[Any]) -> list[Any]:
+    """The errors worth reporting: a union's members the value was not even
+    the type of (`input.str: should be a valid string`, beside the list
+    member's real complaint) are dropped, while others remain."""
+
+    def mismatched_member(error: Any) -> bool:
+        loc = error.get("loc") or ()
+        return str(error.get("type", "")).endswith("_type") and bool(loc) and bool(_UNION_MEMBER.match(str(loc[-1])))
+
+    return [e for e in errors if not mismatched_member(e)] or errors
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+    errors = _telling(list(exc.errors()))
     if not errors:
         return "invalid request", None
     first = errors[0]
-    param = (first.get("ctx") or {}).get("param") or _validation_param(tuple(first.get("loc", ())))
+    param = (first.get("ctx") or {}).get("param") or validation_param(tuple(first.get("loc", ())))
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):

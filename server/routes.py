@@ -14,6 +14,7 @@ from lemur.server.protocol.chat import ChatCompletionRequest, ChatCompletionResp
 from lemur.server.protocol.common import ModelCard, ModelList, VersionResponse
 from lemur.server.protocol.completions import CompletionRequest, CompletionResponse
 from lemur.server.protocol.lora_admin import LoadLoraAdapterRequest, LoraAdapterResponse, UnloadLoraAdapterRequest
+from lemur.server.protocol.responses import ResponseObject, ResponsesRequest
 from lemur.server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from lemur.server.serving.context import Caller, ServingContext, Target
 from lemur.server.serving.limits import check_detokenize
@@ -40,6 +41,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @api.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     return await serve(request, request.app.state.completions, body)
+
+
+@api.post("/v1/responses", response_model=ResponseObject)
+async def responses(body: ResponsesRequest, request: Request) -> Response:
+    return await serve(request, request.app.state.responses, body)
 
 
 def _model_card(ctx: ServingContext, target: Target) -> ModelCard:

@@ -105,6 +105,8 @@ class EngineOutput:
     # Set on the first output of a request that asked for prompt logprobs;
     # the first prompt token has none.
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    # Set on the first outputs of a request: prompt tokens found in the prefix cache.
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)

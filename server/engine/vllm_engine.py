@@ -327,7 +327,7 @@ class VllmEngine:
         try:
             lora = _lora_request(request.adapter)
             async for out in self._llm.generate(prompt, params, request.request_id, lora_request=lora):
-                prompt_lps = None
+                prompt_lps, cached = None, (out.num_cached_tokens if first else None)
                 if first and spec.prompt_logprobs is not None and out.prompt_logprobs is not None:
                     prompt_lps = _prompt_logprobs(request.prompt_token_ids, out.prompt_logprobs, spec.prompt_logprobs)
                 first = False
@@ -340,6 +340,7 @@ class VllmEngine:
                         finish_reason=c.finish_reason,
                         stop_reason=c.stop_reason,
                         prompt_logprobs=prompt_lps,
+                        cached_tokens=cached,
                     )
                     prompt_lps = None
         except VllmEngineDeadError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
@@ -58,6 +58,7 @@ class ChatMessage(OpenAIModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    prompt_param: ClassVar[str] = "messages"  # the field errors about the prompt's size name
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -12,6 +12,7 @@ Prompt = str | list[str] | list[int] | list[list[int]]
 
 
 class CompletionRequest(SamplingFields):
+    prompt_param: ClassVar[str] = "prompt"  # the field errors about the prompt's size name
     prompt: Prompt
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False

@@ -52,24 +52,29 @@ class NamedToolChoice(OpenAIModel):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
+def check_arguments(value: str) -> str:
+    """A call's arguments: a JSON object encoded as a string (OpenAI's shape;
+    Lemur's format needs an object)."""
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
+        raise ValueError("must be a JSON object encoded as a string") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a JSON object encoded as a string")
+    problem = check_json_shape(parsed)  # its escapes may hide a lone surrogate ("\\ud800")
+    if problem is not None:
+        raise ValueError(f"the encoded object: {problem}")
+    return value
+
+
 class FunctionCall(OpenAIModel):
     name: str = Field(pattern=NAME_PATTERN)
-    # A JSON object, as a string (OpenAI's shape). Lemur's format needs an object.
     arguments: str
 
     @field_validator("arguments")
     @classmethod
     def _json_object(cls, value: str) -> str:
-        try:
-            parsed = json.loads(value)
-        except (ValueError, RecursionError):
-            raise ValueError("must be a JSON object encoded as a string") from None
-        if not isinstance(parsed, dict):
-            raise ValueError("must be a JSON object encoded as a string")
-        problem = check_json_shape(parsed)  # its escapes may hide a lone surrogate ("\\ud800")
-        if problem is not None:
-            raise ValueError(f"the encoded object: {problem}")
-        return value
+        return check_arguments(value)
 
 
 class ToolCall(OpenAIModel):

@@ -30,6 +30,7 @@ from lemur.server.serving.prompt import render_messages
 from lemur.server.serving.respond import ChoiceResult, Prepared
 from lemur.server.serving.sampling import build_sampling
 from lemur.server.serving.schema_checks import SchemaLimits
+from lemur.server.serving.sse import ChunkStream
 from lemur.server.serving.structured import GrammarCache, GrammarSettings, structured_spec
 from lemur.server.serving.tool_calls import Step, ToolCallParser
 
@@ -70,7 +71,7 @@ def _call_deltas(parser: ToolCallParser, step: Step) -> list[DeltaToolCall] | No
     return deltas or None
 
 
-class ChatAnswer:
+class ChatAnswer(ChunkStream):
     """Chat completion objects for one request (see respond.Answer). With
     tools in play, each choice's text goes through its own ToolCallParser."""
 
@@ -86,7 +87,7 @@ class ChatAnswer:
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.rid, created=self.created, model=self.model, choices=choices, usage=usage)
 
-    def opening(self) -> list[BaseModel]:
+    def opening_chunks(self) -> list[BaseModel]:
         role = ChatDelta(role="assistant", content="")
         return [self._chunk([ChatChunkChoice(index=i, delta=role, finish_reason=None)]) for i in range(self.req.n)]
 
@@ -104,7 +105,7 @@ class ChatAnswer:
             return None
         return ChatDelta(content=step.content or None, tool_calls=_call_deltas(parser, step))
 
-    def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
+    def chunk(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
         delta = self._delta(out)
         if delta is None and not out.logprobs:
             return None
@@ -172,6 +173,10 @@ class ChatService:
     def prepare(self, req: ChatCompletionRequest, caller: Caller, convert: bool = True) -> Prepared:
         """`convert` False: with cached grammars only (else NotConverted), as
         the pipeline first tries, on the path of a plain prompt."""
+        return self.prepare_as(req, caller, convert, new_request_id("chatcmpl"))
+
+    def prepare_as(self, req: ChatCompletionRequest, caller: Caller, convert: bool, rid: str) -> Prepared:
+        """The same, for a chat request another API restated (its id: `rid`)."""
         ctx = self.ctx
         target = ctx.resolve_model(req.model)
         check_sequences(ctx.config, req.n, prompts=1)
@@ -185,7 +190,6 @@ class ChatService:
         top = (req.top_logprobs or 0) if req.logprobs else None
         spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(),
                               logprobs=top, structured=grammar)  # fmt: skip
-        rid = new_request_id("chatcmpl")
         salt = ctx.cache_salt(caller, target.adapter)
         engine_request = EngineRequest(rid, tuple(prompt_ids), spec, salt, target.adapter)
         check_logprob_entries(ctx.config, (engine_request,), "top_logprobs")

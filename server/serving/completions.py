@@ -25,6 +25,7 @@ from lemur.server.serving.limits import (
 )
 from lemur.server.serving.respond import ChoiceResult, Prepared
 from lemur.server.serving.sampling import build_sampling, check_token_ids
+from lemur.server.serving.sse import ChunkStream
 from lemur.server.tokenizer import Tokenizer
 
 
@@ -55,7 +56,7 @@ def _logprobs(items: Sequence[TokenLogprob | None], start_offset: int, first_tok
     return out
 
 
-class CompletionAnswer:
+class CompletionAnswer(ChunkStream):
     """text_completion objects for one request (see respond.Answer). Choice
     `i * n + j` is prompt i's j-th sample; echo prefixes each choice's first
     text (and its logprobs) with the prompt's."""
@@ -77,10 +78,7 @@ class CompletionAnswer:
     def _object(self, choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionResponse:
         return CompletionResponse(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
 
-    def opening(self) -> list[BaseModel]:
-        return []
-
-    def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
+    def chunk(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
         index = prompt_index * self.req.n + out.index
         text = out.text
         lp_items: list[TokenLogprob | None] = list(out.logprobs or [])

@@ -122,3 +122,8 @@ class Account:
 
 def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def new_object_id(prefix: str) -> str:
+    """The ids of the Responses and Messages APIs: `resp_...`, `msg_...`, `fc_...`."""
+    return f"{prefix}_{uuid.uuid4().hex}"

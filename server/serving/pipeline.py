@@ -19,6 +19,7 @@ from lemur.server.admission import Permit
 from lemur.server.errors import ServiceUnavailable
 from lemur.server.protocol.chat import ChatCompletionRequest
 from lemur.server.protocol.completions import CompletionRequest
+from lemur.server.protocol.responses import ResponsesRequest
 from lemur.server.serving import respond
 from lemur.server.serving.context import Caller, ServingContext
 from lemur.server.serving.generation import most_tokens
@@ -28,7 +29,7 @@ from lemur.server.serving.sse import EventStream
 from lemur.server.serving.structured import NotConverted
 
 T = TypeVar("T")
-B = TypeVar("B", ChatCompletionRequest, CompletionRequest)
+B = TypeVar("B", ChatCompletionRequest, CompletionRequest, ResponsesRequest)
 logger = logging.getLogger("lemur.requests")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -182,7 +183,7 @@ async def _prepare(request: Request, service: Service[B], body: B, caller: Calle
     the key's lane (returned: the caller ends it), and no longer than the
     client waits."""
     ctx: ServingContext = request.app.state.ctx
-    param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+    param = body.prompt_param
     chars = body.text_chars()
     try:  # with tools or a schema on a prompt thread, as rendering them takes a while
         inline = not body.needs_grammar()

@@ -22,7 +22,7 @@ from lemur.server.errors import APIError
 from lemur.server.protocol.common import Usage
 from lemur.server.serving.context import Account, ServingContext
 from lemur.server.serving.generation import merge, prime
-from lemur.server.serving.sse import SSE_DONE, EventStream, sse, sse_error
+from lemur.server.serving.sse import EventStream
 
 
 @dataclass
@@ -35,6 +35,7 @@ class ChoiceResult:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    cached_tokens: int | None = None
 
     def add(self, out: EngineOutput) -> None:
         self.text += out.text
@@ -45,23 +46,30 @@ class ChoiceResult:
             self.finish_reason = out.finish_reason
         if out.prompt_logprobs is not None:
             self.prompt_logprobs = out.prompt_logprobs
+        if out.cached_tokens is not None:
+            self.cached_tokens = out.cached_tokens
 
 
 class Answer(Protocol):
-    """How one endpoint's objects look. `delta` may keep state across the
-    outputs of one stream (an answer serves one request, once)."""
+    """How one endpoint's objects and events look. `events` may keep state
+    across the outputs of one stream (an answer serves one request, once).
+    Stream methods return SSE text ('' for nothing)."""
 
-    include_usage: bool
-
-    def opening(self) -> list[BaseModel]:
-        """Chunks that go out with the first content (chat's role chunks)."""
+    def opening(self) -> str:
+        """Events that go out with the first content."""
         ...
 
-    def delta(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
-        """The chunk for one engine output; None when it carries nothing to show."""
+    def events(self, prompt_index: int, out: EngineOutput) -> str:
+        """Events for one engine output."""
         ...
 
-    def usage_chunk(self, usage: Usage) -> BaseModel: ...
+    def closing(self, usage: Usage) -> str:
+        """Events that end a stream."""
+        ...
+
+    def failed(self, exc: APIError) -> str:
+        """Events that end a stream cut by an error (the status line is gone)."""
+        ...
 
     def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
         """The whole response: results[prompt][choice]."""
@@ -126,10 +134,16 @@ def _entries(results: list[list[ChoiceResult]]) -> int:
     return sum(len(c.token_ids) + sum(len(lp.top) for lp in c.logprobs) for cs in results for c in cs)
 
 
+def _cached_tokens(results: list[list[ChoiceResult]]) -> int | None:
+    """Prompt tokens found in the prefix cache, over all prompts; None if the engine does not say."""
+    per_prompt = [[c.cached_tokens for c in choices if c.cached_tokens is not None] for choices in results]
+    return sum(max(counts) for counts in per_prompt if counts) if any(per_prompt) else None
+
+
 async def complete(ctx: ServingContext, p: Prepared, first_output: Callable[[], None] | None = None) -> Whole:
     results = await collect(ctx, p.engine_requests, p.account, first_output)
     completion_tokens = sum(len(c.token_ids) for choices in results for c in choices)
-    usage = Usage.of(p.prompt_tokens(), completion_tokens)
+    usage = Usage.of(p.prompt_tokens(), completion_tokens, _cached_tokens(results))
 
     def build() -> Whole:
         model = p.answer.response(results, usage)
@@ -150,21 +164,23 @@ async def _events(
 ) -> AsyncIterator[str]:
     answer = p.answer
     completion_tokens = 0
-    # Opening chunks go out in the same write as the first content, so a
+    cached: dict[int, int] = {}  # per prompt: its tokens found in the prefix cache
+    # Opening events go out in the same write as the first content, so a
     # client sees the first token no later than the role.
-    pending = "".join(sse(c) for c in answer.opening())
+    pending = answer.opening()
     async with aclosing(outputs):
         try:
             item = first
             while item is not None:
                 completion_tokens += len(item[1].token_ids)
-                if (chunk := answer.delta(*item)) is not None:
-                    yield pending + sse(chunk)
+                if item[1].cached_tokens is not None:
+                    cached[item[0]] = item[1].cached_tokens
+                if text := answer.events(*item):
+                    yield pending + text
                     pending = ""
                 item = await anext(outputs, None)
         except APIError as exc:
-            yield pending + sse_error(exc) + SSE_DONE
+            yield pending + answer.failed(exc)
             return
-    if answer.include_usage:
-        pending += sse(answer.usage_chunk(Usage.of(p.prompt_tokens(), completion_tokens)))
-    yield pending + SSE_DONE
+    usage = Usage.of(p.prompt_tokens(), completion_tokens, sum(cached.values()) if cached else None)
+    yield pending + answer.closing(usage)

@@ -1,4 +1,5 @@
-"""Server-sent events framing for OpenAI streams."""
+"""Server-sent events: the stream object, and the framing of OpenAI's chunk
+streams (chat and completions: `data: {chunk}` events ending in `[DONE]`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from lemur.server.engine import EngineOutput
 from lemur.server.errors import APIError
+from lemur.server.protocol.common import Usage
 
 SSE_DONE = "data: [DONE]\n\n"
 
@@ -36,3 +39,34 @@ def sse(payload: BaseModel) -> str:
 def sse_error(exc: APIError) -> str:
     """An error inside an already-started stream (the status line is gone)."""
     return f"data: {json.dumps(exc.body())}\n\n"
+
+
+class ChunkStream:
+    """The stream half of an Answer (server/serving/respond.py) for the APIs
+    that stream chunk objects: an endpoint gives its chunks, this frames them."""
+
+    include_usage: bool = False
+
+    def opening_chunks(self) -> list[BaseModel]:
+        """Chunks that go out with the first content (chat's role chunks)."""
+        return []
+
+    def chunk(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
+        """The chunk for one engine output; None when it carries nothing to show."""
+        raise NotImplementedError
+
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        raise NotImplementedError
+
+    def opening(self) -> str:
+        return "".join(sse(c) for c in self.opening_chunks())
+
+    def events(self, prompt_index: int, out: EngineOutput) -> str:
+        chunk = self.chunk(prompt_index, out)
+        return sse(chunk) if chunk is not None else ""
+
+    def closing(self, usage: Usage) -> str:
+        return (sse(self.usage_chunk(usage)) if self.include_usage else "") + SSE_DONE
+
+    def failed(self, exc: APIError) -> str:
+        return sse_error(exc) + SSE_DONE

@@ -1,0 +1,157 @@
+"""`/v1/responses`: a Responses request restated as a chat request, run by
+the chat service (same prompt rendering, grammars, limits and tool-call
+parsing), answered as Responses objects and events (responses_answer.py).
+
+Errors raised on the chat request name the Responses fields the client sent:
+`messages.3` is `input.5`, `tools.0.function.parameters` is
+`tools.2.parameters` when two tools of other kinds came first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from lemur.server.errors import APIError, InvalidRequest, validation_param
+from lemur.server.protocol.chat import ChatCompletionRequest
+from lemur.server.protocol.responses import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    NamedFunction,
+    ResponsesRequest,
+)
+from lemur.server.serving.chat import ChatService
+from lemur.server.serving.context import Caller, new_object_id
+from lemur.server.serving.respond import Prepared
+from lemur.server.serving.responses_answer import ResponsesAnswer
+
+
+@dataclass
+class Restated:
+    """A Responses request as chat: the chat body, and where each chat
+    message and tool came from (indexes into `input` and `tools`)."""
+
+    body: dict[str, Any]
+    message_origin: list[int | None]  # None: the instructions
+    tool_origin: list[int]
+
+    def param(self, chat_param: str) -> str:
+        """The Responses field that a chat field came from."""
+        head, _, rest = chat_param.partition(".")
+        index, _, tail = rest.partition(".")
+        if head == "messages" and index.isdigit():
+            origin = self.message_origin[int(index)]
+            return "instructions" if origin is None else f"input.{origin}" if origin >= 0 else "input"
+        if head == "tools" and index.isdigit():
+            field = tail.removeprefix("function.")
+            return f"tools.{self.tool_origin[int(index)]}" + (f".{field}" if field else "")
+        if chat_param.startswith("response_format.json_schema.schema"):
+            return "text.format.schema" + chat_param.removeprefix("response_format.json_schema.schema")
+        renamed = {"response_format": "text.format", "max_tokens": "max_output_tokens", "messages": "input"}
+        return renamed.get(chat_param, chat_param)
+
+
+def _messages(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[int | None]]:
+    """Chat messages for the input items: consecutive calls join one assistant
+    message; an output must answer a call made before it; reasoning is dropped."""
+    messages: list[dict[str, Any]] = []
+    origin: list[int | None] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+        origin.append(None)
+    if isinstance(req.input, str):
+        return [*messages, {"role": "user", "content": req.input}], [*origin, -1]
+    calls: set[str] = set()
+    for i, item in enumerate(req.input):
+        if isinstance(item, MessageItem):
+            messages.append({"role": item.role, "content": item.text()})
+            origin.append(i)
+        elif isinstance(item, FunctionCallItem):
+            function = {"name": item.name, "arguments": item.arguments}
+            call = {"id": item.call_id, "type": "function", "function": function}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and origin[-1] is not None:
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                origin.append(i)
+            calls.add(item.call_id)
+        elif isinstance(item, FunctionCallOutputItem):
+            if item.call_id not in calls:
+                message = f"no function_call with call_id {item.call_id!r} comes before this output"
+                raise InvalidRequest(f"input.{i}.call_id: {message}", param=f"input.{i}.call_id")
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+            origin.append(i)
+    return messages, origin
+
+
+def restate(req: ResponsesRequest) -> Restated:
+    messages, message_origin = _messages(req)
+    functions = req.function_tools()
+    body: dict[str, Any] = {"messages": messages, "parallel_tool_calls": req.parallel_tool_calls}
+    if functions:
+        body["tools"] = [
+            {"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)} for _, t in functions
+        ]
+    if isinstance(req.tool_choice, NamedFunction):
+        body["tool_choice"] = {"type": "function", "function": {"name": req.tool_choice.name}}
+    elif req.tool_choice is not None and (functions or req.tool_choice != "auto"):
+        body["tool_choice"] = req.tool_choice
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.type == "json_schema":
+        schema = {"name": fmt.name, "schema": fmt.schema_, "description": fmt.description, "strict": fmt.strict}
+        schema = {k: v for k, v in schema.items() if v is not None}
+        body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif fmt is not None:
+        body["response_format"] = {"type": fmt.type}
+    sampling = {
+        "model": req.model,
+        "max_tokens": req.max_output_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "user": req.user,
+    }
+    body.update({k: v for k, v in sampling.items() if v is not None})
+    return Restated(body, message_origin, [i for i, _ in functions])
+
+
+_LEADING_PARAM = re.compile(r"^[\w.]+(?=: )")
+
+
+def _renamed(exc: APIError, restated: Restated) -> APIError:
+    """The same error, naming the field as the client sent it."""
+    if exc.param is not None:
+        param = restated.param(exc.param)
+        exc.message = _LEADING_PARAM.sub(param, exc.message, count=1)
+        exc.param = param
+        exc.args = (exc.message,)
+    return exc
+
+
+def chat_request(restated: Restated) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(restated.body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = (first.get("ctx") or {}).get("param") or validation_param(tuple(first["loc"])) or ""
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise _renamed(InvalidRequest(f"{param}: {message}", param=param or None), restated) from None
+
+
+class ResponsesService:
+    def __init__(self, chat: ChatService) -> None:
+        self.chat = chat
+
+    def prepare(self, req: ResponsesRequest, caller: Caller, convert: bool = True) -> Prepared:
+        restated = restate(req)
+        chat = chat_request(restated)
+        rid = new_object_id("resp")
+        try:
+            prepared = self.chat.prepare_as(chat, caller, convert, rid)
+        except APIError as exc:
+            raise _renamed(exc, restated) from None
+        return replace(prepared, answer=ResponsesAnswer(req, rid, prepared.model, prepared.answer))
