@@ -10,7 +10,7 @@ PORT   ?= 8000
 
 ADAPTER ?= models/adapters/house-style
 
-.PHONY: install model adapter browser serve screenshots test test-fast layers lint format clean
+.PHONY: install model adapter browser postgres serve screenshots test test-fast layers lint format clean
 
 install: $(STAMP)
 
@@ -48,6 +48,12 @@ browser:
 		{ $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null || \
 		  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
+# The stored-responses tests start a PostgreSQL server of their own from Debian's package.
+postgres:
+	command -v pg_ctlcluster >/dev/null || \
+		{ $(SUDO) apt-get install -y -q postgresql >/dev/null || \
+		  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql >/dev/null; }; }
+
 # The README's playground screenshots, on the trained default model.
 screenshots: install browser model
 	$(BIN)/python -m tests.e2e.screenshots --model $(MODEL) --out docs/images
@@ -56,7 +62,7 @@ screenshots: install browser model
 # real engine). The tests that start no engine run on every core (pytest-xdist);
 # the engine tests one at a time (each starts engines of its own, and many time
 # deadlines and drains).
-test: install browser
+test: install browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not engine" -n auto
 	$(BIN)/pytest -q -m engine

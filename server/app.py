@@ -25,6 +25,7 @@ from lemur.server.lora_registry import AdapterRegistry
 from lemur.server.metrics import Metrics
 from lemur.server.middleware import Authenticate, BodySizeLimit, RequestMiddleware
 from lemur.server.ratelimit import RateLimiter
+from lemur.server.responses_store import ResponseStore, open_store
 from lemur.server.routes import api, probes
 from lemur.server.serving.chat import ChatService
 from lemur.server.serving.completions import CompletionService
@@ -33,7 +34,7 @@ from lemur.server.serving.lora_admin import AdapterService
 from lemur.server.serving.pipeline import ClientDisconnected
 from lemur.server.serving.prepare_pool import PreparePool
 from lemur.server.serving.respond import collect
-from lemur.server.serving.responses import ResponsesService
+from lemur.server.serving.responses_service import ResponsesService, StoreLimits
 from lemur.server.tokenizer import Tokenizer
 
 logger = logging.getLogger("lemur.app")
@@ -86,6 +87,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(config.responses_store, config.state_dir, config.responses_ttl)
+        if store is not None:
+            await store.open()  # first: a database that cannot be reached stops the start at once
+        try:
+            async with _serving(app, store):
+                yield
+        finally:
+            if store is not None:
+                await store.close()
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI, store: ResponseStore | None) -> AsyncIterator[None]:
         engine = engine_factory()
         tokenizer = Tokenizer.load(engine.info.tokenizer)
         ctx = build_context(config, engine, tokenizer)
@@ -95,7 +108,8 @@ def create_app(
         app.state.ctx = ctx
         app.state.chat = ChatService(ctx)
         app.state.completions = CompletionService(ctx)
-        app.state.responses = ResponsesService(app.state.chat)
+        limits = StoreLimits(config.responses_max_chain, int(config.responses_max_mb_per_key * 1024 * 1024))
+        app.state.responses = ResponsesService(app.state.chat, store, limits)
         app.state.lora_admin = AdapterService(ctx)
         try:
             await app.state.lora_admin.load_configured()

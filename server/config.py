@@ -8,6 +8,7 @@ add a field here with `flag(default, help, group)` and read it from
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,10 @@ MODEL = "model and chat format"
 ENGINE = "engine"
 LORA = "LoRA adapters"
 OBSERVE = "logs, metrics and the playground"
+STORE = "stored responses (the Responses API)"
 # The order of the groups in `lemur serve --help`.
-GROUPS = (MODEL, NETWORK, KEYS, LIMITS, CLIENTS, LORA, OBSERVE, ENGINE)
+GROUPS = (MODEL, NETWORK, KEYS, LIMITS, CLIENTS, LORA, STORE, OBSERVE, ENGINE)
+DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "lemur"
 
 
 def parse_lora_modules(items: list[str] | tuple[()]) -> tuple[tuple[str, str], ...]:
@@ -120,6 +123,23 @@ class GatewayConfig:
         env=LORA_ADMIN_KEY_ENV,
         parse=lambda v: v or None,
     )
+    state_dir: Path = flag(
+        DEFAULT_STATE_DIR,
+        "where the server keeps what outlives it (the SQLite response store)",
+        STORE,
+        env="LEMUR_STATE_DIR",
+    )
+    responses_store: str = flag(
+        "sqlite",
+        "where stored responses live: sqlite (a file in --state-dir), postgresql://... (shared by replicas), "
+        "or none (then store: true is a 400)",
+        STORE,
+        env="LEMUR_RESPONSES_STORE",
+        shown_default="sqlite",
+    )
+    responses_ttl: float = flag(30 * 24 * 3600.0, "seconds a stored response is kept (30 days)", STORE)
+    responses_max_chain: int = flag(256, "most responses in one previous_response_id chain", STORE)
+    responses_max_mb_per_key: float = flag(256.0, "most MiB of stored responses per API key", STORE)
     log_format: str = flag("json", "log format", OBSERVE, choices=("json", "text"))
     log_prompts: bool = flag(False, "also log prompts and outputs (off: only sizes and ids)", OBSERVE)
     metrics_require_key: bool = flag(

@@ -3,7 +3,9 @@ goes through server/serving/pipeline.py), errors are raised."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,6 +22,7 @@ from lemur.server.serving.context import Caller, ServingContext, Target
 from lemur.server.serving.limits import check_detokenize
 from lemur.server.serving.pipeline import serve
 from lemur.server.serving.prompt import render_messages
+from lemur.server.serving.responses_service import ResponsesService
 from lemur.server.serving.sampling import check_token_ids
 from lemur.server.serving.structured import tool_chars
 
@@ -44,8 +47,31 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 
 @api.post("/v1/responses", response_model=ResponseObject)
-async def responses(body: ResponsesRequest, request: Request) -> Response:
-    return await serve(request, request.app.state.responses, body)
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    service: ResponsesService = request.app.state.responses
+    return await serve(request, service, await service.begin(body, request.state.caller))
+
+
+@api.get("/v1/responses/{response_id}", response_model=ResponseObject)
+async def retrieve_response(response_id: str, request: Request) -> JSONResponse:
+    return JSONResponse(await request.app.state.responses.retrieve(response_id, request.state.caller))
+
+
+@api.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> JSONResponse:
+    return JSONResponse(await request.app.state.responses.delete(response_id, request.state.caller))
+
+
+@api.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> JSONResponse:
+    service: ResponsesService = request.app.state.responses
+    return JSONResponse(await service.input_items(response_id, request.state.caller, limit, order, after))
 
 
 def _model_card(ctx: ServingContext, target: Target) -> ModelCard:

@@ -50,12 +50,19 @@ def start_server(
     """A ready `lemur serve` on the checkpoint with the tests' flags (the test key in its headers),
     run from the log's folder: a checkout's root on sys.path would make its
     folders importable by their own names (`server.logs` beside lemur.server.logs)."""
-    return live.start(checkpoint, log_path, [*TEST_FLAGS, *extra], env, API_KEY, timeout, cwd=log_path.parent)
+    flags = [*TEST_FLAGS, *_state_dir(log_path, extra), *extra]
+    return live.start(checkpoint, log_path, flags, env, API_KEY, timeout, cwd=log_path.parent)
 
 
 def launch_server(checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str] | None = None) -> LiveServer:
     """The same, without waiting for it."""
-    return live.launch(checkpoint, log_path, [*TEST_FLAGS, *extra], env, API_KEY, cwd=log_path.parent)
+    flags = [*TEST_FLAGS, *_state_dir(log_path, extra), *extra]
+    return live.launch(checkpoint, log_path, flags, env, API_KEY, cwd=log_path.parent)
+
+
+def _state_dir(log_path: Path, extra: list[str]) -> list[str]:
+    """Each test server keeps its state (the SQLite response store) beside its log, unless the test says where."""
+    return [] if "--state-dir" in extra else ["--state-dir", str(log_path.parent / "state")]
 
 
 @pytest.fixture(scope="session")

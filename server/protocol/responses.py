@@ -90,6 +90,14 @@ InputItem = Annotated[
     ),
 ]
 
+
+def item_chars(item: InputItem) -> int:
+    """Characters an item puts into the prompt."""
+    if isinstance(item, MessageItem | FunctionCallOutputItem):
+        return len(item.text())
+    return len(item.arguments) if isinstance(item, FunctionCallItem) else 0
+
+
 # Request: tools
 
 
@@ -171,15 +179,8 @@ class ResponsesRequest(RequestModel):
 
     def text_chars(self) -> int:
         """Characters the prompt is made of (tools are counted by needs_grammar, which sends them off the loop)."""
-        if isinstance(self.input, str):
-            return len(self.input) + len(self.instructions or "")
-        chars = len(self.instructions or "")
-        for item in self.input:
-            if isinstance(item, MessageItem | FunctionCallOutputItem):
-                chars += len(item.text())
-            elif isinstance(item, FunctionCallItem):
-                chars += len(item.arguments)
-        return chars
+        items = [len(self.input)] if isinstance(self.input, str) else [item_chars(i) for i in self.input]
+        return len(self.instructions or "") + sum(items)
 
     def needs_grammar(self) -> bool:
         """Function tools or a JSON format: schemas to check and convert (off the event loop)."""

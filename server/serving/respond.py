@@ -63,7 +63,7 @@ class Answer(Protocol):
         """Events for one engine output."""
         ...
 
-    def closing(self, usage: Usage) -> str:
+    async def closing(self, usage: Usage) -> str:
         """Events that end a stream."""
         ...
 
@@ -73,6 +73,10 @@ class Answer(Protocol):
 
     def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
         """The whole response: results[prompt][choice]."""
+        ...
+
+    async def finished(self, response: BaseModel) -> None:
+        """Called with the whole response before it is sent."""
         ...
 
 
@@ -145,11 +149,16 @@ async def complete(ctx: ServingContext, p: Prepared, first_output: Callable[[], 
     completion_tokens = sum(len(c.token_ids) for choices in results for c in choices)
     usage = Usage.of(p.prompt_tokens(), completion_tokens, _cached_tokens(results))
 
-    def build() -> Whole:
-        model = p.answer.response(results, usage)
-        return Whole(model, model.model_dump_json(exclude_none=True).encode())
+    def dump(model: BaseModel) -> bytes:
+        return model.model_dump_json(exclude_none=True).encode()
 
-    return await asyncio.to_thread(build) if _entries(results) > INLINE_ENTRIES else build()
+    if _entries(results) > INLINE_ENTRIES:
+        model = await asyncio.to_thread(p.answer.response, results, usage)
+        await p.answer.finished(model)
+        return Whole(model, await asyncio.to_thread(dump, model))
+    model = p.answer.response(results, usage)
+    await p.answer.finished(model)
+    return Whole(model, dump(model))
 
 
 async def stream(ctx: ServingContext, p: Prepared) -> EventStream:
@@ -183,4 +192,4 @@ async def _events(
             yield pending + answer.failed(exc)
             return
     usage = Usage.of(p.prompt_tokens(), completion_tokens, sum(cached.values()) if cached else None)
-    yield pending + answer.closing(usage)
+    yield pending + await answer.closing(usage)

@@ -1,6 +1,6 @@
-"""`/v1/responses`: a Responses request restated as a chat request, run by
-the chat service (same prompt rendering, grammars, limits and tool-call
-parsing), answered as Responses objects and events (responses_answer.py).
+"""A Responses request (with the conversation it continues) restated as a
+chat request, which the chat service runs: the same prompt rendering,
+grammars, limits and tool-call parsing (responses_service.py puts it together).
 
 Errors raised on the chat request name the Responses fields the client sent:
 `messages.3` is `input.5`, `tools.0.function.parameters` is
@@ -10,8 +10,8 @@ Errors raised on the chat request name the Responses fields the client sent:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -20,23 +20,47 @@ from lemur.server.protocol.chat import ChatCompletionRequest
 from lemur.server.protocol.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    InputItem,
     MessageItem,
     NamedFunction,
     ResponsesRequest,
+    item_chars,
 )
-from lemur.server.serving.chat import ChatService
-from lemur.server.serving.context import Caller, new_object_id
-from lemur.server.serving.respond import Prepared
-from lemur.server.serving.responses_answer import ResponsesAnswer
+from lemur.server.responses_store import StoredResponse
+
+
+@dataclass(frozen=True)
+class ResponsesTurn:
+    """A Responses request with the conversation it continues (the items of
+    its stored chain, oldest first), as the pipeline runs it."""
+
+    request: ResponsesRequest
+    history: tuple[InputItem, ...] = ()
+    previous: StoredResponse | None = None
+    store: bool = False  # keep the response once it is done
+    prompt_param: ClassVar[str] = "input"
+
+    @property
+    def stream(self) -> bool:
+        return self.request.stream
+
+    def text_chars(self) -> int:
+        return self.request.text_chars() + sum(item_chars(i) for i in self.history)
+
+    def needs_grammar(self) -> bool:
+        return self.request.needs_grammar()
+
+    def model_dump(self, **kw: Any) -> dict[str, Any]:
+        return self.request.model_dump(**kw)
 
 
 @dataclass
 class Restated:
-    """A Responses request as chat: the chat body, and where each chat
-    message and tool came from (indexes into `input` and `tools`)."""
+    """A Responses request as chat: the chat body, and the Responses field
+    that each chat message and tool came from."""
 
     body: dict[str, Any]
-    message_origin: list[int | None]  # None: the instructions
+    message_origin: list[str]  # "input.3", "instructions", "previous_response_id", ...
     tool_origin: list[int]
 
     def param(self, chat_param: str) -> str:
@@ -44,8 +68,7 @@ class Restated:
         head, _, rest = chat_param.partition(".")
         index, _, tail = rest.partition(".")
         if head == "messages" and index.isdigit():
-            origin = self.message_origin[int(index)]
-            return "instructions" if origin is None else f"input.{origin}" if origin >= 0 else "input"
+            return self.message_origin[int(index)]
         if head == "tools" and index.isdigit():
             field = tail.removeprefix("function.")
             return f"tools.{self.tool_origin[int(index)]}" + (f".{field}" if field else "")
@@ -55,42 +78,50 @@ class Restated:
         return renamed.get(chat_param, chat_param)
 
 
-def _messages(req: ResponsesRequest) -> tuple[list[dict[str, Any]], list[int | None]]:
-    """Chat messages for the input items: consecutive calls join one assistant
+def _items(turn: ResponsesTurn) -> list[tuple[str, InputItem]]:
+    """Every item of the conversation, with the field it came from."""
+    req = turn.request
+    items: list[tuple[str, InputItem]] = [("previous_response_id", item) for item in turn.history]
+    if isinstance(req.input, str):
+        return [*items, ("input", MessageItem(role="user", content=req.input))]
+    return items + [(f"input.{i}", item) for i, item in enumerate(req.input)]
+
+
+def _messages(turn: ResponsesTurn) -> tuple[list[dict[str, Any]], list[str]]:
+    """Chat messages for the items: consecutive calls join one assistant
     message; an output must answer a call made before it; reasoning is dropped."""
     messages: list[dict[str, Any]] = []
-    origin: list[int | None] = []
-    if req.instructions:
-        messages.append({"role": "system", "content": req.instructions})
-        origin.append(None)
-    if isinstance(req.input, str):
-        return [*messages, {"role": "user", "content": req.input}], [*origin, -1]
+    origin: list[str] = []
+    if turn.request.instructions:
+        messages.append({"role": "system", "content": turn.request.instructions})
+        origin.append("instructions")
     calls: set[str] = set()
-    for i, item in enumerate(req.input):
+    for where, item in _items(turn):
         if isinstance(item, MessageItem):
             messages.append({"role": item.role, "content": item.text()})
-            origin.append(i)
+            origin.append(where)
         elif isinstance(item, FunctionCallItem):
             function = {"name": item.name, "arguments": item.arguments}
             call = {"id": item.call_id, "type": "function", "function": function}
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and origin[-1] is not None:
+            if last is not None and last["role"] == "assistant" and origin[-1] != "instructions":
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-                origin.append(i)
+                origin.append(where)
             calls.add(item.call_id)
         elif isinstance(item, FunctionCallOutputItem):
             if item.call_id not in calls:
                 message = f"no function_call with call_id {item.call_id!r} comes before this output"
-                raise InvalidRequest(f"input.{i}.call_id: {message}", param=f"input.{i}.call_id")
+                raise InvalidRequest(f"{where}.call_id: {message}", param=f"{where}.call_id")
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
-            origin.append(i)
+            origin.append(where)
     return messages, origin
 
 
-def restate(req: ResponsesRequest) -> Restated:
-    messages, message_origin = _messages(req)
+def restate(turn: ResponsesTurn) -> Restated:
+    req = turn.request
+    messages, message_origin = _messages(turn)
     functions = req.function_tools()
     body: dict[str, Any] = {"messages": messages, "parallel_tool_calls": req.parallel_tool_calls}
     if functions:
@@ -122,7 +153,7 @@ def restate(req: ResponsesRequest) -> Restated:
 _LEADING_PARAM = re.compile(r"^[\w.]+(?=: )")
 
 
-def _renamed(exc: APIError, restated: Restated) -> APIError:
+def renamed(exc: APIError, restated: Restated) -> APIError:
     """The same error, naming the field as the client sent it."""
     if exc.param is not None:
         param = restated.param(exc.param)
@@ -139,19 +170,4 @@ def chat_request(restated: Restated) -> ChatCompletionRequest:
         first = exc.errors()[0]
         param = (first.get("ctx") or {}).get("param") or validation_param(tuple(first["loc"])) or ""
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        raise _renamed(InvalidRequest(f"{param}: {message}", param=param or None), restated) from None
-
-
-class ResponsesService:
-    def __init__(self, chat: ChatService) -> None:
-        self.chat = chat
-
-    def prepare(self, req: ResponsesRequest, caller: Caller, convert: bool = True) -> Prepared:
-        restated = restate(req)
-        chat = chat_request(restated)
-        rid = new_object_id("resp")
-        try:
-            prepared = self.chat.prepare_as(chat, caller, convert, rid)
-        except APIError as exc:
-            raise _renamed(exc, restated) from None
-        return replace(prepared, answer=ResponsesAnswer(req, rid, prepared.model, prepared.answer))
+        raise renamed(InvalidRequest(f"{param}: {message}", param=param or None), restated) from None

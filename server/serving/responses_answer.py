@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from pydantic import BaseModel
 
 from lemur.server.engine import EngineOutput
 from lemur.server.errors import APIError
@@ -78,11 +81,15 @@ def _request_echo(req: ResponsesRequest) -> dict[str, Any]:
     }
 
 
+Keep = Callable[[ResponseObject], Awaitable[bool]]
+
+
 class ResponsesAnswer:
     """One response's objects and events, made from its chat answer's."""
 
-    def __init__(self, req: ResponsesRequest, rid: str, model: str, chat: ChatAnswer) -> None:
-        self.req, self.rid, self.model, self.chat = req, rid, model, chat
+    def __init__(self, req: ResponsesRequest, rid: str, model: str, chat: ChatAnswer, keep: Keep | None = None) -> None:
+        """`keep`: stores the finished response (True if it did), when the request is to be stored."""
+        self.req, self.rid, self.model, self.chat, self.keep = req, rid, model, chat, keep
         self.created_at = int(time.time())
         self._echo = _request_echo(req)
         self._sequence = 0
@@ -174,15 +181,21 @@ class ResponsesAnswer:
                 text += self._event("response.function_call_arguments.delta", **self._where(), delta=delta_args)
         return text
 
-    def closing(self, usage: Usage) -> str:
+    async def closing(self, usage: Usage) -> str:
         status = "incomplete" if self._finish == "length" else "completed"
         text = self._close(status)
         final = self._object(status, self._items, usage)
+        await self.finished(final)  # stored before the client hears it is done: it may continue at once
         return text + self._event(f"response.{status}", response=final)
 
     def failed(self, exc: APIError) -> str:
         text = self._close("incomplete")
         return text + self._event("response.failed", response=self._object("failed", self._items, error=exc))
+
+    async def finished(self, response: BaseModel) -> None:
+        assert isinstance(response, ResponseObject)
+        if self.keep is not None:
+            response.store = await self.keep(response)
 
     # The whole response
 

@@ -65,8 +65,11 @@ class ChunkStream:
         chunk = self.chunk(prompt_index, out)
         return sse(chunk) if chunk is not None else ""
 
-    def closing(self, usage: Usage) -> str:
+    async def closing(self, usage: Usage) -> str:
         return (sse(self.usage_chunk(usage)) if self.include_usage else "") + SSE_DONE
 
     def failed(self, exc: APIError) -> str:
         return sse_error(exc) + SSE_DONE
+
+    async def finished(self, response: BaseModel) -> None:
+        pass

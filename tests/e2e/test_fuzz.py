@@ -22,7 +22,8 @@ def test_fuzz_no_server_errors_and_openai_envelopes(server) -> None:
     spec = httpx.get(server.url("/openapi.json"), headers=server.headers()).json()
     schema = schemathesis.openapi.from_dict(spec)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "POST /v1/completions", "POST /tokenize"}
+    generation = {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses"}
+    assert {op.label for op in operations} >= {*generation, "POST /tokenize"}
     statuses: Counter[tuple[str, int]] = Counter()
 
     for operation in operations:
@@ -34,9 +35,10 @@ def test_fuzz_no_server_errors_and_openai_envelopes(server) -> None:
             case.headers = {**(case.headers or {}), **server.headers()}
             if isinstance(case.body, dict):
                 # Bound the work a valid request may ask for (the default fills the context).
-                mt = case.body.get("max_tokens")
+                field = "max_output_tokens" if case.path == "/v1/responses" else "max_tokens"
+                mt = case.body.get(field)
                 if not isinstance(mt, int) or mt > 8:
-                    case.body["max_tokens"] = 8
+                    case.body[field] = 8
                 case.body.pop("max_completion_tokens", None)
             response = case.call(base_url=server.base_url, timeout=60)
             statuses[(case.operation.label, response.status_code)] += 1
