@@ -31,6 +31,7 @@ from lemur.server.serving.chat import ChatService
 from lemur.server.serving.completions import CompletionService
 from lemur.server.serving.context import Account, ServingContext, new_request_id
 from lemur.server.serving.lora_admin import AdapterService
+from lemur.server.serving.messages import MessagesService
 from lemur.server.serving.pipeline import ClientDisconnected
 from lemur.server.serving.prepare_pool import PreparePool
 from lemur.server.serving.respond import collect
@@ -110,6 +111,7 @@ def create_app(
         app.state.completions = CompletionService(ctx)
         limits = StoreLimits(config.responses_max_chain, int(config.responses_max_mb_per_key * 1024 * 1024))
         app.state.responses = ResponsesService(app.state.chat, store, limits)
+        app.state.messages = MessagesService(app.state.chat)
         app.state.lora_admin = AdapterService(ctx)
         try:
             await app.state.lora_admin.load_configured()

@@ -1,8 +1,10 @@
-"""Typed API errors and the one place they become OpenAI's error envelope.
+"""Typed API errors and the one place they become an error envelope.
 
 Routes and the serving layer raise these; `install_error_handlers` turns every
 failure (ours, FastAPI's validation errors, unknown paths, unexpected faults)
-into `{"error": {"message", "type", "param", "code"}}` with the right status.
+into OpenAI's `{"error": {"message", "type", "param", "code"}}` with the right
+status, or, on Anthropic's Messages API (`/v1/messages...`), into Anthropic's
+`{"type": "error", "error": {"type", "message"}}` with its error types.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
+
+    def anthropic_body(self) -> dict[str, Any]:
+        fallback = "api_error" if self.status_code >= 500 else "invalid_request_error"
+        kind = ANTHROPIC_TYPES.get(self.status_code, fallback)
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def body_for(self, path: str) -> dict[str, Any]:
+        """The envelope of the API `path` belongs to."""
+        return self.anthropic_body() if is_anthropic(path) else self.body()
 
     def headers(self) -> dict[str, str] | None:
         return None
@@ -86,12 +97,37 @@ class InternalServerError(APIError):
     code = "internal_error"
 
 
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+class RequestTooLarge(APIError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+def error_response(exc: APIError, path: str = "") -> JSONResponse:
+    return JSONResponse(exc.body_for(path), status_code=exc.status_code, headers=exc.headers())
 
 
 def validation_param(loc: tuple[Any, ...]) -> str | None:
@@ -134,21 +170,22 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        return error_response(InvalidRequest(message, param=param))
+        return error_response(InvalidRequest(message, param=param), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(str(exc.detail), type_, None, code), status_code=exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = APIError(str(exc.detail), code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code))
+        error.status_code = exc.status_code
+        error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(error, request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(InternalServerError("internal server error"))
+        return error_response(InternalServerError("internal server error"), request.url.path)

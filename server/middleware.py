@@ -22,7 +22,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lemur.server.auth import ANONYMOUS, digest
-from lemur.server.errors import APIError, AuthenticationFailed, NotFound, error_body
+from lemur.server.errors import APIError, AuthenticationFailed, NotFound, RequestTooLarge
 from lemur.server.logs import request_id_var
 from lemur.server.playground import is_page_path
 from lemur.server.serving.context import Caller, ServingContext
@@ -78,7 +78,17 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 # Routes that tokenize or generate: each call counts against the key's requests per minute.
-RATED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"})
+RATED_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/tokenize",
+        "/detokenize",
+    }
+)
 # Loading and unloading adapters: the admin key only (--lora-admin-key), never a user key.
 ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 ADMIN = "admin"
@@ -103,7 +113,7 @@ def authenticate(ctx: ServingContext, authorization: str) -> Caller:
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if not token:
-        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.")
+        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key').")
     # Constant-time comparison; the key itself never appears in any message.
     key = ctx.keys.authenticate(token) if scheme.lower() == "bearer" else None
     if key is None:
@@ -111,12 +121,25 @@ def authenticate(ctx: ServingContext, authorization: str) -> Caller:
     return Caller(key.name, ctx.limiter.for_key(key))
 
 
-async def send_error(send: Send, exc: APIError) -> None:
-    body = json.dumps(exc.body()).encode()
+async def send_error(send: Send, exc: APIError, path: str, close: bool = False) -> None:
+    """The error in the envelope of the API `path` belongs to; `close`: and close the connection."""
+    body = json.dumps(exc.body_for(path)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     headers += [(k.lower().encode(), v.encode()) for k, v in (exc.headers() or {}).items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _authorization(scope: Scope) -> str:
+    """The Authorization header; else Anthropic's `x-api-key` (its SDKs and
+    Claude Code send the key so), as a bearer token."""
+    headers = dict(scope.get("headers", ()))
+    if b"authorization" in headers:
+        return headers[b"authorization"].decode("latin-1")
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return f"Bearer {key}" if key else ""
 
 
 class Authenticate:
@@ -127,7 +150,7 @@ class Authenticate:
         ctx: ServingContext | None = getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" else None
         path = scope.get("path", "")
         open_path = path in OPEN_PATHS or (ctx is not None and ctx.config.playground and is_page_path(path))
-        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
+        authorization = _authorization(scope)
         # An open /metrics shows the per-key series only to a caller whose key checks out.
         open_metrics = path == "/metrics" and ctx is not None and not ctx.config.metrics_require_key
         if ctx is None or open_path or (open_metrics and not authorization):
@@ -140,7 +163,7 @@ class Authenticate:
             if path in RATED_PATHS and caller.limits is not None and scope.get("method") == "POST":
                 caller.limits.admit()
         except APIError as exc:
-            await send_error(send, exc)
+            await send_error(send, exc, path)
             return
         await self.app(scope, receive, send)
 
@@ -153,13 +176,9 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _too_large(self, send: Send, max_bytes: int) -> None:
-        message = f"request body is larger than {max_bytes} bytes"
-        body = json.dumps(error_body(message, "invalid_request_error", None, "request_too_large")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]  # fmt: skip
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, scope: Scope, send: Send, max_bytes: int) -> None:
+        error = RequestTooLarge(f"request body is larger than {max_bytes} bytes")
+        await send_error(send, error, scope.get("path", ""), close=True)
 
     def _limit(self, scope: Scope) -> int:
         """/detokenize takes at most a context of ids: ~12 bytes each, written
@@ -176,7 +195,7 @@ class BodySizeLimit:
         max_bytes = self._limit(scope)
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            await self._too_large(send, max_bytes)
+            await self._too_large(scope, send, max_bytes)
             return
         chunks, size = [], 0
         while True:
@@ -186,7 +205,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > max_bytes:
-                await self._too_large(send, max_bytes)
+                await self._too_large(scope, send, max_bytes)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -16,10 +16,12 @@ from lemur.server.protocol.chat import ChatCompletionRequest, ChatCompletionResp
 from lemur.server.protocol.common import ModelCard, ModelList, VersionResponse
 from lemur.server.protocol.completions import CompletionRequest, CompletionResponse
 from lemur.server.protocol.lora_admin import LoadLoraAdapterRequest, LoraAdapterResponse, UnloadLoraAdapterRequest
+from lemur.server.protocol.messages import CountTokensRequest, MessageObject, MessagesRequest, TokenCount
 from lemur.server.protocol.responses import ResponseObject, ResponsesRequest
 from lemur.server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from lemur.server.serving.context import Caller, ServingContext, Target
 from lemur.server.serving.limits import check_detokenize
+from lemur.server.serving.messages import MessagesService
 from lemur.server.serving.pipeline import serve
 from lemur.server.serving.prompt import render_messages
 from lemur.server.serving.responses_service import ResponsesService
@@ -50,6 +52,22 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     service: ResponsesService = request.app.state.responses
     return await serve(request, service, await service.begin(body, request.state.caller))
+
+
+@api.post("/v1/messages", response_model=MessageObject)
+async def create_message(body: MessagesRequest, request: Request) -> Response:
+    """Anthropic's Messages API (Claude Code, the anthropic SDKs); its errors
+    come in Anthropic's envelope (server/errors.py)."""
+    return await serve(request, request.app.state.messages, body)
+
+
+@api.post("/v1/messages/count_tokens", response_model=TokenCount)
+async def count_message_tokens(body: CountTokensRequest, request: Request) -> TokenCount:
+    ctx = context(request)
+    service: MessagesService = request.app.state.messages
+    chars = body.text_chars() + body.tool_chars()
+    count = await ctx.pool.run(service.count_tokens, body, chars=chars, param="messages", inline=False)
+    return TokenCount(input_tokens=count)
 
 
 @api.get("/v1/responses/{response_id}", response_model=ResponseObject)

@@ -19,17 +19,18 @@ from lemur.server.admission import Permit
 from lemur.server.errors import ServiceUnavailable
 from lemur.server.protocol.chat import ChatCompletionRequest
 from lemur.server.protocol.completions import CompletionRequest
-from lemur.server.protocol.responses import ResponsesRequest
+from lemur.server.protocol.messages import MessagesRequest
 from lemur.server.serving import respond
 from lemur.server.serving.context import Caller, ServingContext
 from lemur.server.serving.generation import most_tokens
 from lemur.server.serving.prepare_pool import Turn
 from lemur.server.serving.respond import Prepared
+from lemur.server.serving.responses import ResponsesTurn
 from lemur.server.serving.sse import EventStream
 from lemur.server.serving.structured import NotConverted
 
 T = TypeVar("T")
-B = TypeVar("B", ChatCompletionRequest, CompletionRequest, ResponsesRequest)
+B = TypeVar("B", ChatCompletionRequest, CompletionRequest, ResponsesTurn, MessagesRequest)
 logger = logging.getLogger("lemur.requests")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

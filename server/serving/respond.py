@@ -36,6 +36,7 @@ class ChoiceResult:
     finish_reason: str | None = None
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     cached_tokens: int | None = None
+    stop_reason: int | str | None = None  # the stop string or token that ended it
 
     def add(self, out: EngineOutput) -> None:
         self.text += out.text
@@ -43,7 +44,7 @@ class ChoiceResult:
         if out.logprobs:
             self.logprobs.extend(out.logprobs)
         if out.finish_reason is not None:
-            self.finish_reason = out.finish_reason
+            self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
         if out.prompt_logprobs is not None:
             self.prompt_logprobs = out.prompt_logprobs
         if out.cached_tokens is not None:

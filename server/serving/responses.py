@@ -9,14 +9,10 @@ Errors raised on the chat request name the Responses fields the client sent:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
-
-from lemur.server.errors import APIError, InvalidRequest, validation_param
-from lemur.server.protocol.chat import ChatCompletionRequest
+from lemur.server.errors import InvalidRequest
 from lemur.server.protocol.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -148,26 +144,3 @@ def restate(turn: ResponsesTurn) -> Restated:
     }
     body.update({k: v for k, v in sampling.items() if v is not None})
     return Restated(body, message_origin, [i for i, _ in functions])
-
-
-_LEADING_PARAM = re.compile(r"^[\w.]+(?=: )")
-
-
-def renamed(exc: APIError, restated: Restated) -> APIError:
-    """The same error, naming the field as the client sent it."""
-    if exc.param is not None:
-        param = restated.param(exc.param)
-        exc.message = _LEADING_PARAM.sub(param, exc.message, count=1)
-        exc.param = param
-        exc.args = (exc.message,)
-    return exc
-
-
-def chat_request(restated: Restated) -> ChatCompletionRequest:
-    try:
-        return ChatCompletionRequest.model_validate(restated.body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = (first.get("ctx") or {}).get("param") or validation_param(tuple(first["loc"])) or ""
-        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        raise renamed(InvalidRequest(f"{param}: {message}", param=param or None), restated) from None

@@ -18,8 +18,9 @@ from lemur.server.serving.chat import ChatService
 from lemur.server.serving.context import Caller, new_object_id
 from lemur.server.serving.limits import LimitExceeded
 from lemur.server.serving.respond import Prepared
-from lemur.server.serving.responses import ResponsesTurn, chat_request, renamed, restate
+from lemur.server.serving.responses import ResponsesTurn, restate
 from lemur.server.serving.responses_answer import ResponsesAnswer
+from lemur.server.serving.restating import chat_request, renamed
 
 logger = logging.getLogger("lemur.responses")
 _ITEMS = TypeAdapter(list[InputItem])
@@ -91,12 +92,12 @@ class ResponsesService:
 
     def prepare(self, turn: ResponsesTurn, caller: Caller, convert: bool = True) -> Prepared:
         restated = restate(turn)
-        chat = chat_request(restated)
+        chat = chat_request(restated.body, restated.param)
         rid = new_object_id("resp")
         try:
             prepared = self.chat.prepare_as(chat, caller, convert, rid)
         except APIError as exc:
-            raise renamed(exc, restated) from None
+            raise renamed(exc, restated.param) from None
 
         async def keep(response: ResponseObject) -> bool:
             return await self._keep(turn, caller, response)
