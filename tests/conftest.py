@@ -44,6 +44,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / MODEL_NAME)
 
 
+@pytest.fixture(scope="session")
+def turn_ender_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint, crafted to end every turn, with a 32k context (for agent clients)."""
+    from lemur.training.tiny import build_turn_ender
+
+    return build_turn_ender(tiny_checkpoint, tmp_path_factory.mktemp("ckpt") / "lemur-tiny-turn-ender")
+
+
 def start_server(
     checkpoint: Path, log_path: Path, extra: list[str], timeout: float = 300, env: dict[str, str] | None = None
 ) -> LiveServer:

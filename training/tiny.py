@@ -59,6 +59,46 @@ def build_tiny_checkpoint(out_dir: Path, cfg: ModelConfig = TINY_UNTRAINED, seed
     return out_dir
 
 
+def build_turn_ender(source: Path, out_dir: Path, context: int = 32768) -> Path:
+    """A copy of the tiny checkpoint `source` that always ends its turn: for
+    tests of agent clients (Codex, Claude Code, the Agents SDK), which need
+    replies that end and a context that holds their long first prompts.
+
+    Why it works: with every attention and MLP output projection zero, the
+    residual stream stays the token's embedding; embeddings are e0 (one unit
+    in dimension 0), the final norm passes only dimension 0, and the only
+    non-zero output row is `<|im_end|>`'s. So `<|im_end|>` gets logit 10 and
+    every other token 0, whatever the input: a sampled reply is a few tokens
+    at most, a greedy one empty, and under a grammar (a forced tool call)
+    the lowest allowed token wins until the grammar lets the turn end.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(source, out_dir, dirs_exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    end = AutoTokenizer.from_pretrained(str(source)).convert_tokens_to_ids("<|im_end|>")
+    hidden = model.config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0  # every token: e0, RMS 1/sqrt(hidden)
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0  # normed: sqrt(hidden) in dimension 0, zero elsewhere
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[end, 0] = 10.0 / hidden**0.5
+    model.config.max_position_embeddings = context
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    gen = json.loads((out_dir / "generation_config.json").read_text())
+    (out_dir / "generation_config.json").write_text(json.dumps({**gen, "max_length": context}, indent=2) + "\n")
+    (out_dir / "LEMUR_UNTRAINED").write_text("crafted weights: always ends its turn; for tests of agent clients\n")
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lemur init-model", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("models") / UNTRAINED_NAME)

@@ -183,7 +183,8 @@ class ResponsesAnswer:
 
     async def closing(self, usage: Usage) -> str:
         status = "incomplete" if self._finish == "length" else "completed"
-        text = self._close(status)
+        text = "" if self._items else self._start(_message("in_progress", ""))  # an empty reply is a message too
+        text += self._close(status)
         final = self._object(status, self._items, usage)
         await self.finished(final)  # stored before the client hears it is done: it may continue at once
         return text + self._event(f"response.{status}", response=final)
@@ -204,8 +205,8 @@ class ResponsesAnswer:
         status = "incomplete" if choice.finish_reason == "length" else "completed"
         output: list[OutputItem] = []
         message = choice.message
-        if message.content:
-            output.append(_message(status, message.content))
+        if message.content or not message.tool_calls:  # an empty reply is a message too
+            output.append(_message(status, message.content or ""))
         for call in message.tool_calls or ():
             output.append(_call(status, call.id, call.function.name, call.function.arguments))
         return self._object(status, output, usage)

@@ -22,7 +22,7 @@ def test_fuzz_no_server_errors_and_openai_envelopes(server) -> None:
     spec = httpx.get(server.url("/openapi.json"), headers=server.headers()).json()
     schema = schemathesis.openapi.from_dict(spec)
     operations = [result.ok() for result in schema.get_all_operations()]
-    generation = {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses"}
+    generation = {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "POST /v1/messages"}
     assert {op.label for op in operations} >= {*generation, "POST /tokenize"}
     statuses: Counter[tuple[str, int]] = Counter()
 
@@ -43,7 +43,10 @@ def test_fuzz_no_server_errors_and_openai_envelopes(server) -> None:
             response = case.call(base_url=server.base_url, timeout=60)
             statuses[(case.operation.label, response.status_code)] += 1
             assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
-            if response.status_code >= 400:
+            if response.status_code >= 400 and case.path.startswith("/v1/messages"):  # Anthropic's envelope
+                body = response.json()
+                assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, response.text[:500]
+            elif response.status_code >= 400:
                 err = response.json()["error"]
                 assert set(err) == {"message", "type", "param", "code"}, response.text[:500]
 
