@@ -175,8 +175,11 @@ class ChatService:
         the pipeline first tries, on the path of a plain prompt."""
         return self.prepare_as(req, caller, convert, new_request_id("chatcmpl"))
 
-    def prepare_as(self, req: ChatCompletionRequest, caller: Caller, convert: bool, rid: str) -> Prepared:
-        """The same, for a chat request another API restated (its id: `rid`)."""
+    def prepare_as(
+        self, req: ChatCompletionRequest, caller: Caller, convert: bool, rid: str, max_tokens_cap: int | None = None
+    ) -> Prepared:
+        """The same, for a chat request another API restated (its id: `rid`;
+        `max_tokens_cap`: its max_tokens is a cap, not a demand, see build_sampling)."""
         ctx = self.ctx
         target = ctx.resolve_model(req.model)
         check_sequences(ctx.config, req.n, prompts=1)
@@ -188,8 +191,15 @@ class ChatService:
         tools = req.tools if tool_choice not in (None, "none") else None
         prompt_ids = render_messages(ctx, req.messages, req.add_generation_prompt, tools)
         top = (req.top_logprobs or 0) if req.logprobs else None
-        spec = build_sampling(ctx, req, prompt_len=len(prompt_ids), max_tokens=req.requested_max_tokens(),
-                              logprobs=top, structured=grammar)  # fmt: skip
+        spec = build_sampling(
+            ctx,
+            req,
+            prompt_len=len(prompt_ids),
+            max_tokens=req.requested_max_tokens(),
+            logprobs=top,
+            structured=grammar,
+            max_tokens_cap=max_tokens_cap,
+        )
         salt = ctx.cache_salt(caller, target.adapter)
         engine_request = EngineRequest(rid, tuple(prompt_ids), spec, salt, target.adapter)
         check_logprob_entries(ctx.config, (engine_request,), "top_logprobs")

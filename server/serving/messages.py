@@ -141,7 +141,6 @@ def _tool_choice(req: MessagesBase, has_tools: bool) -> dict[str, Any]:
 def _sampling(req: MessagesRequest) -> dict[str, Any]:
     fields = {
         "model": req.model,
-        "max_tokens": req.max_tokens,
         "stop": req.stop_sequences or None,
         "temperature": req.temperature,
         "top_p": req.top_p,
@@ -160,7 +159,9 @@ class MessagesService:
         chat = chat_request(restated.body, restated.param)
         rid = new_object_id("msg")
         try:
-            prepared = self.chat.prepare_as(chat, caller, convert, rid)
+            # Anthropic's max_tokens is a cap (Claude Code asks for 32000 whatever
+            # the model): the reply stops at it, --max-tokens-limit or the context's end.
+            prepared = self.chat.prepare_as(chat, caller, convert, rid, max_tokens_cap=req.max_tokens)
         except APIError as exc:
             raise renamed(exc, restated.param) from None
         answer = MessagesAnswer(req, rid, prepared.model, prepared.answer, prepared.prompt_tokens())

@@ -51,7 +51,10 @@ def build_sampling(
     prompt_param: str = "messages",
     prompt_logprobs: int | None = None,
     structured: StructuredSpec | None = None,
+    max_tokens_cap: int | None = None,
 ) -> SamplingSpec:
+    """`max_tokens_cap`: with max_tokens None, the most the default may be
+    (Anthropic's max_tokens is such a cap, not a demand)."""
     info = ctx.engine.info
     defaults = info.generation_defaults
     special = ctx.tokenizer.special
@@ -65,11 +68,10 @@ def build_sampling(
     def pick(value: float | None, key: str, neutral: float) -> float:
         return float(value) if value is not None else float(defaults.get(key, neutral))
 
+    cap = ctx.config.max_tokens_limit if max_tokens_cap is None else min(ctx.config.max_tokens_limit, max_tokens_cap)
     spec = SamplingSpec(
         n=req.n,
-        max_tokens=resolve_max_tokens(
-            max_tokens, prompt_len, info.max_model_len, prompt_param, cap=ctx.config.max_tokens_limit
-        ),
+        max_tokens=resolve_max_tokens(max_tokens, prompt_len, info.max_model_len, prompt_param, cap=cap),
         min_tokens=req.min_tokens,
         temperature=pick(req.temperature, "temperature", 1.0),
         top_p=pick(req.top_p, "top_p", 1.0),

@@ -11,7 +11,7 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.conftest import MODEL_NAME
+from tests.conftest import MAX_MODEL_LEN, MODEL_NAME
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +62,22 @@ def test_max_tokens_and_stop_sequences_give_anthropic_stop_reasons(claude, serve
     raw = httpx.post(server.url("/v1/messages"), headers={"x-api-key": server.api_key},
                      json={"model": MODEL_NAME, "max_tokens": 2, "messages": ASK}).json()  # fmt: skip
     assert "stop_sequence" in raw and raw["stop_sequence"] is None  # present, and null
+
+
+def test_max_tokens_is_a_cap_as_claude_code_sends_it(claude) -> None:
+    """Claude Code asks for 32000 tokens whatever the model: the reply stops at
+    the server's cap or the context's end instead of a 400."""
+    m = claude.messages.create(model=MODEL_NAME, max_tokens=32000, messages=ASK)
+    assert m.stop_reason in ("end_turn", "max_tokens") and m.usage.input_tokens + m.usage.output_tokens <= MAX_MODEL_LEN
+
+
+def test_a_prompt_over_the_context_says_how_many_tokens_it_has(server) -> None:
+    long = [{"role": "user", "content": "a b " * 600}]
+    body = {"model": MODEL_NAME, "max_tokens": 4, "messages": long}
+    r = httpx.post(server.url("/v1/messages"), headers={"x-api-key": server.api_key}, json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert f"maximum context length is {MAX_MODEL_LEN} tokens" in r.json()["error"]["message"]
+    assert "in the prompt" in r.json()["error"]["message"]
 
 
 def test_stream_events_in_order(claude) -> None:
@@ -138,7 +154,8 @@ def test_what_claude_code_sends_is_accepted(server) -> None:
         ({"max_tokens": 4, "messages": [{"role": "user", "content": [ORPHAN_RESULT]}]}, 400, "invalid_request_error"),
         ({"max_tokens": 4, "messages": ASK, "tools": [{**WEATHER, "input_schema": {"type": "objekt"}}],
           "tool_choice": {"type": "any"}}, 400, "invalid_request_error"),
-        ({"max_tokens": 100000, "messages": ASK}, 400, "invalid_request_error"),
+        ({"max_tokens": 0, "messages": ASK}, 400, "invalid_request_error"),
+        ({"max_tokens": 4, "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "invalid_request_error"),
         ({"max_tokens": 4, "messages": ASK, "model": "claude-sonnet-4-5"}, 404, "not_found_error"),
     ],
 )  # fmt: skip
