@@ -10,7 +10,7 @@ PORT   ?= 8000
 
 ADAPTER ?= models/adapters/house-style
 
-.PHONY: install model adapter browser postgres serve screenshots test test-fast layers lint format clean
+.PHONY: install model adapter browser postgres agents serve screenshots test test-fast layers lint format clean
 
 install: $(STAMP)
 
@@ -54,6 +54,16 @@ postgres:
 		{ $(SUDO) apt-get install -y -q postgresql >/dev/null || \
 		  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql >/dev/null; }; }
 
+# Agent clients as shipped, pinned, for tests/e2e/test_agent_clients.py: npm's Codex CLI and Claude Code.
+CODEX_VERSION  := 0.171.0
+CLAUDE_VERSION := 2.1.332
+AGENTS := $(VENV)/npm/.installed-$(CODEX_VERSION)-$(CLAUDE_VERSION)
+agents: $(AGENTS)
+$(AGENTS): | $(STAMP)
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/npm \
+		@openai/codex@$(CODEX_VERSION) @anthropic-ai/claude-code@$(CLAUDE_VERSION)
+	touch $@
+
 # The README's playground screenshots, on the trained default model.
 screenshots: install browser model
 	$(BIN)/python -m tests.e2e.screenshots --model $(MODEL) --out docs/images
@@ -62,7 +72,7 @@ screenshots: install browser model
 # real engine). The tests that start no engine run on every core (pytest-xdist);
 # the engine tests one at a time (each starts engines of its own, and many time
 # deadlines and drains).
-test: install browser postgres
+test: install browser postgres agents
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -m "not engine" -n auto
 	$(BIN)/pytest -q -m engine

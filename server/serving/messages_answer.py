@@ -37,9 +37,11 @@ def stop_reason(req: MessagesRequest, finish: str | None, stop: int | str | None
 
 
 def message_usage(usage: Usage) -> MessageUsage:
+    """Anthropic counts prompt tokens read from the cache apart: input_tokens
+    plus cache_read_input_tokens is the whole prompt."""
     cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
     return MessageUsage(
-        input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens, cache_read_input_tokens=cached
+        input_tokens=usage.prompt_tokens - cached, output_tokens=usage.completion_tokens, cache_read_input_tokens=cached
     )
 
 

@@ -1,11 +1,17 @@
 """Agent clients as shipped, against `lemur serve` on a checkpoint crafted to
-end its turns (lemur.training.tiny.build_turn_ender) with a 32k context: the
-OpenAI Agents SDK on the Responses API. A forced first turn calls the tool
-(the grammar holds its arguments); the replies that follow end at once."""
+end its turns (lemur.training.tiny.build_turn_ender) with a 32k context:
+npm's Codex CLI (`codex exec`, the Responses API) and Claude Code (`claude
+-p`, the Messages API), pinned and installed by `make agents`, with
+telemetry and update checks off; and the OpenAI Agents SDK. A forced first
+turn calls the tool (the grammar holds its arguments); the replies that
+follow end at once."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,11 +19,13 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import Field
 
-from tests.conftest import API_KEY, LiveServer, start_server, stop_server
+from tests.conftest import API_KEY, REPO, LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 CONTEXT = 32768
 MODEL = "lemur-tiny-turn-ender"
+NPM_BIN = REPO / ".venv" / "npm" / "node_modules" / ".bin"
+PROMPT = "Say hello."
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +66,74 @@ def test_openai_agents_runner_with_a_function_tool_runs_to_the_end(ender: LiveSe
     kinds = [item.type for item in result.new_items]
     assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"], kinds
     assert result.final_output == ""
+
+
+def _client(name: str) -> str:
+    path = NPM_BIN / name
+    assert path.exists(), f"{path} is missing: `make agents` installs the pinned agent clients"
+    return str(path)
+
+
+def _requests(server: LiveServer, route: str) -> list[dict]:
+    """The access log's lines for `route`."""
+    lines = server.log_path.read_text(errors="replace").splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{") and '"lemur.access"' in line]
+    return [e for e in entries if e.get("route") == route]
+
+
+def test_codex_exec_completes_a_turn(ender: LiveServer, tmp_path: Path) -> None:
+    home = tmp_path / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(f"""model = "{MODEL}"
+model_provider = "lemur"
+model_context_window = {CONTEXT}
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[model_providers.lemur]
+name = "Lemur Serve"
+base_url = "{ender.url("/v1")}"
+env_key = "LEMUR_API_KEY"
+wire_api = "responses"
+""")
+    env = {**os.environ, "CODEX_HOME": str(home), "LEMUR_API_KEY": API_KEY}
+    cmd = [_client("codex"), "exec", "--skip-git-repo-check", "--ephemeral", "--json", PROMPT]
+    run = subprocess.run(
+        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    kinds = [e["type"] for e in events]
+    assert run.returncode == 0 and "turn.completed" in kinds and "turn.failed" not in kinds, run.stdout + run.stderr
+    # Codex warns that it has no metadata for a model it does not know; nothing else may go wrong.
+    errors = [e["item"]["message"] for e in events if e.get("item", {}).get("type") == "error"]
+    assert all(m.startswith(f"Model metadata for `{MODEL}` not found") for m in errors), errors
+    usage = next(e["usage"] for e in events if e["type"] == "turn.completed")
+    assert usage["input_tokens"] > 5000  # Codex's own long first prompt, whole in the 32k context
+    assert [r["status"] for r in _requests(ender, "/v1/responses")][-1:] == [200]
+
+
+def test_claude_code_completes_a_turn(ender: LiveServer, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),  # its settings and session files
+        "ANTHROPIC_BASE_URL": ender.base_url,
+        "ANTHROPIC_API_KEY": API_KEY,  # sent as x-api-key
+        "ANTHROPIC_MODEL": MODEL,
+        "ANTHROPIC_SMALL_FAST_MODEL": MODEL,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": MODEL,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no telemetry, error reports or update checks
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+    }
+    cmd = [_client("claude"), "-p", PROMPT, "--output-format", "json"]
+    run = subprocess.run(
+        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert run.returncode == 0 and result["is_error"] is False, run.stdout[-2000:] + run.stderr[-2000:]
+    assert result["terminal_reason"] == "completed" and result["stop_reason"] == "end_turn"
+    assert result["usage"]["input_tokens"] + result["usage"]["cache_read_input_tokens"] > 5000
+    statuses = [r["status"] for r in _requests(ender, "/v1/messages")]
+    assert statuses and all(s == 200 for s in statuses), statuses

@@ -34,6 +34,11 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 ORPHAN_RESULT = {"type": "tool_result", "tool_use_id": "toolu_9", "content": "x"}
 
 
+def prompt_tokens(m) -> int:
+    """The whole prompt: Anthropic counts the part read from the cache apart."""
+    return m.usage.input_tokens + m.usage.cache_read_input_tokens
+
+
 @pytest.fixture(scope="module", params=["x-api-key", "bearer"])
 def claude(server, request: pytest.FixtureRequest) -> anthropic.Anthropic:
     key = {"api_key": server.api_key} if request.param == "x-api-key" else {"auth_token": server.api_key}
@@ -111,13 +116,13 @@ def test_a_forced_tool_call_follows_its_schema_and_its_result_continues(claude, 
     result = {"type": "tool_result", "tool_use_id": call.id, "content": '{"temperature": 21}'}
     history = [*ASK, {"role": "assistant", "content": m.content}, {"role": "user", "content": [result]}]
     follow = claude.messages.create(model=MODEL_NAME, max_tokens=8, messages=history, tools=[WEATHER])
-    assert follow.usage.input_tokens > m.usage.input_tokens  # the call and its result are in the prompt
+    assert prompt_tokens(follow) > prompt_tokens(m)  # the call and its result are in the prompt
 
 
 def test_count_tokens_counts_what_create_sends(claude) -> None:
     counted = claude.messages.count_tokens(model=MODEL_NAME, messages=ASK, tools=[WEATHER], system="Be brief.")
     sent = claude.messages.create(model=MODEL_NAME, max_tokens=1, messages=ASK, tools=[WEATHER], system="Be brief.")
-    assert counted.input_tokens == sent.usage.input_tokens > 0
+    assert counted.input_tokens == prompt_tokens(sent) > 0
 
 
 def test_what_claude_code_sends_is_accepted(server) -> None:
@@ -141,7 +146,10 @@ def test_what_claude_code_sends_is_accepted(server) -> None:
     assert r.status_code == 200, r.text
     plain = {**body, "system": body["system"][1:]}
     r2 = httpx.post(server.url("/v1/messages?beta=true"), headers=headers, json=plain, timeout=60)
-    assert r.json()["usage"]["input_tokens"] == r2.json()["usage"]["input_tokens"]
+    usage, usage2 = r.json()["usage"], r2.json()["usage"]
+    assert usage2["cache_read_input_tokens"] > 0  # the same prompt again: read from the prefix cache
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == usage2["input_tokens"] + usage2[
+        "cache_read_input_tokens"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
