@@ -21,6 +21,7 @@ from lemur.loadtest.client import RequestResult, Target, send
 from lemur.loadtest.dataset import BenchPrompt, from_jsonl, from_sharegpt, load_tokenizer, synthetic
 from lemur.loadtest.load import Load, run_load
 from lemur.loadtest.report import Slo, compare_table, summarize
+from lemur.loadtest.wire import WIRES
 
 
 def _json_object(text: str) -> dict:
@@ -41,7 +42,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     t.add_argument("--model", default=None, help="model name (default: the first of GET /models)")
     t.add_argument("--api-key", default=None)
-    t.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    t.add_argument("--endpoint", choices=sorted(WIRES), default="chat",
+                   help="chat, completions, responses (OpenAI's Responses API) or messages (Anthropic's)")  # fmt: skip
     t.add_argument("--no-stream", action="store_true", help="non-streaming requests (TTFT = E2E)")
     t.add_argument("--tokenizer", default=None, help="local tokenizer for token counts (default: --model if local)")
     l = p.add_argument_group("load")  # noqa: E741

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from lemur.loadtest.dataset import BenchPrompt
+from lemur.loadtest.wire import WIRES, Wire
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class Target:
     base_url: str  # e.g. http://127.0.0.1:8000/v1
     model: str
     api_key: str | None = None
-    endpoint: str = "chat"  # "chat" | "completions"
+    endpoint: str = "chat"  # a key of lemur.loadtest.wire.WIRES
     stream: bool = True
     ignore_eos: bool = False
     temperature: float = 0.0
@@ -53,79 +54,83 @@ class RequestResult:
 
 
 def _body(t: Target, p: BenchPrompt) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": t.model, "max_tokens": p.max_tokens, "temperature": t.temperature,
-                            "stream": t.stream}  # fmt: skip
-    if t.endpoint == "chat":
-        body["messages"] = p.for_chat()
-    else:
-        body["prompt"] = p.for_completions()
-    if t.stream:
-        body["stream_options"] = {"include_usage": True}
+    body: dict[str, Any] = {"model": t.model, "temperature": t.temperature, **WIRES[t.endpoint].body(p, t.stream)}
     if t.ignore_eos:
         body["ignore_eos"] = True
     return {**body, **t.extra_body}
 
 
-def _content(chunk: dict[str, Any], endpoint: str) -> str:
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""
-    if endpoint == "chat":
-        return (choices[0].get("delta") or {}).get("content") or ""
-    return choices[0].get("text") or ""
-
-
 def _error(status: int, raw: bytes) -> str:
     try:
-        code = json.loads(raw)["error"].get("code") or json.loads(raw)["error"].get("type")
+        error = json.loads(raw)["error"]
+        code = error.get("code") or error.get("type")
     except (ValueError, KeyError, TypeError, AttributeError):
         code = None
     return f"{status}:{code}" if code else str(status)
 
 
+def _data(event: bytes) -> bytes | None:
+    """The data line of one SSE event (OpenAI's chunks have only that; typed
+    events have an `event:` line first)."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data: "):
+            return line[6:]
+    return None
+
+
+class _Stream:
+    """Reads one streamed answer: timing of content events, token counts."""
+
+    def __init__(self, wire: Wire, res: RequestResult, start: float) -> None:
+        self.wire, self.res, self.start = wire, res, start
+        self.last: float | None = None
+        self.chunks = 0
+
+    def feed(self, data: bytes, now: float) -> None:
+        if data == b"[DONE]":
+            return
+        seen = self.wire.event(json.loads(data))
+        if seen.error is not None:
+            self.res.error = f"200:{seen.error}"
+        if seen.output_tokens:
+            self.res.output_tokens = seen.output_tokens
+        if seen.input_tokens:
+            self.res.input_tokens = seen.input_tokens
+        if seen.text:
+            if self.last is None:
+                self.res.ttft = now - self.start
+            else:
+                self.res.itl.append(now - self.last)
+            self.last = now
+            self.chunks += 1
+
+
 async def send(http: aiohttp.ClientSession, t: Target, p: BenchPrompt, t0: float) -> RequestResult:
     """aiohttp, reading raw bytes and splitting SSE events by hand: the client's
     own cost per chunk must stay far below the server's."""
-    path = "/chat/completions" if t.endpoint == "chat" else "/completions"
-    headers = {"Authorization": f"Bearer {t.api_key}"} if t.api_key else {}
+    wire = WIRES[t.endpoint]
+    headers = wire.auth(t.api_key) if t.api_key else {}
     start = time.perf_counter()
     res = RequestResult(start=start - t0, end=start - t0, status=0, input_tokens=p.input_tokens)
-    chunks = 0
     try:
-        async with http.post(t.base_url.rstrip("/") + path, json=_body(t, p), headers=headers) as r:
+        async with http.post(t.base_url.rstrip("/") + wire.path, json=_body(t, p), headers=headers) as r:
             res.status = r.status
             if r.status != 200:
                 res.error = _error(r.status, await r.read())
             elif not t.stream:
-                data = json.loads(await r.read())
+                seen = wire.whole(json.loads(await r.read()))
                 res.ttft = time.perf_counter() - start
-                res.output_tokens = int((data.get("usage") or {}).get("completion_tokens", 0))
+                res.output_tokens = seen.output_tokens or 0
             else:
-                last = None
-                buffer = b""
+                stream, buffer = _Stream(wire, res, start), b""
                 async for raw in r.content.iter_any():
                     now = time.perf_counter()
-                    buffer += raw
-                    *events, buffer = buffer.split(b"\n\n")
+                    *events, buffer = (buffer + raw).split(b"\n\n")
                     for event in events:
-                        if not event.startswith(b"data: ") or event == b"data: [DONE]":
-                            continue
-                        chunk = json.loads(event[6:])
-                        if "error" in chunk:
-                            res.error = _error(200, event[6:])
-                            continue
-                        if chunk.get("usage"):
-                            res.output_tokens = int(chunk["usage"].get("completion_tokens", 0))
-                            res.input_tokens = int(chunk["usage"].get("prompt_tokens", 0)) or res.input_tokens
-                        if _content(chunk, t.endpoint):
-                            if last is None:
-                                res.ttft = now - start
-                            else:
-                                res.itl.append(now - last)
-                            last = now
-                            chunks += 1
+                        if (data := _data(event)) is not None:
+                            stream.feed(data, now)
                 if res.output_tokens == 0:
-                    res.output_tokens = chunks  # no usage from the server: one chunk per token
+                    res.output_tokens = stream.chunks  # no usage from the server: one chunk per token
     except TimeoutError:
         res.error = "timeout"
     except aiohttp.ClientError as exc:

@@ -73,3 +73,19 @@ def test_bench_extra_body_reaches_every_request(server, tmp_path: Path) -> None:
     bad = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 7}}}}
     assert bench_main([*base, "--out", str(out), "--extra-body", json.dumps(bad)]) == 0
     assert json.loads(out.read_text())["summary"]["errors"] == {"400:invalid_request_error": 4}
+
+
+@pytest.mark.parametrize("endpoint", ["responses", "messages"])
+def test_bench_drives_the_agent_apis_streamed(server, tmp_path: Path, endpoint: str) -> None:
+    """The Responses and Messages APIs, streamed, with the same figures as chat
+    (lengths vary: ignore_eos is chat's vLLM extension)."""
+    out = tmp_path / f"{endpoint}.json"
+    args = ["--base-url", server.url("/v1"), "--api-key", server.api_key, "--endpoint", endpoint,
+            "--concurrency", "4", "--num-requests", "12", "--input-len", "32", "--output-len", "16",
+            "--out", str(out), "--no-plots", "--quiet"]  # fmt: skip
+    assert bench_main(args) == 0
+    s = json.loads(out.read_text())["summary"]
+    assert s["completed"] == s["sent"] == 12, s["errors"]
+    assert 12 <= s["total_output_tokens"] <= 12 * 16  # usage from the terminal events
+    assert s["ttft_ms"]["p50"] is not None and s["ttft_ms"]["p50"] <= s["e2e_ms"]["p50"]
+    assert s["output_token_throughput"] > 0
