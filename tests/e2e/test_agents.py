@@ -65,4 +65,3 @@ def test_instructor_tools_mode(server) -> None:
                                             messages=[{"role": "user", "content": ASK}], seed=5)  # fmt: skip
     assert isinstance(person, Person)
     assert 0 <= person.age <= 120 and len(person.name) <= 12
-
