@@ -14,8 +14,9 @@ from lemur.server.errors import InvalidRequest
 from lemur.server.protocol.responses import ResponsesRequest
 from lemur.server.responses_store import PostgresStore, ResponseStore, SqliteStore, StoredResponse, _numbered
 from lemur.server.serving.context import Caller
-from lemur.server.serving.responses import ResponsesTurn, chat_request, restate
+from lemur.server.serving.responses import ResponsesTurn, restate
 from lemur.server.serving.responses_service import ResponsesService, StoreLimits
+from lemur.server.serving.restating import chat_request
 from tests.support.postgres import postgres_server
 
 TOOL = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}
@@ -54,7 +55,7 @@ def test_only_function_tools_are_offered_and_errors_name_the_responses_fields() 
     assert [t["function"]["name"] for t in restated.body["tools"]] == ["f", "f"]
     assert restated.body["max_tokens"] == 5
     with pytest.raises(InvalidRequest) as info:
-        chat_request(restated)
+        chat_request(restated.body, restated.param)
     assert info.value.param == "tools.2.name" and info.value.message.startswith("tools.2.name: ")
     assert restated.param("tools.0.function.parameters") == "tools.1.parameters"
     assert restated.param("response_format.json_schema.schema.properties") == "text.format.schema.properties"
