@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from lemur.server.protocol.common import OpenAIModel, RequestModel, ResponseModel
-from lemur.server.protocol.tools import NAME_PATTERN
+from lemur.server.protocol.tools import NAME_PATTERN, object_schema
 
 # Request: content blocks
 
@@ -103,9 +103,7 @@ class Tool(OpenAIModel):
     @field_validator("input_schema")
     @classmethod
     def _an_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type", "object") != "object":
-            raise ValueError('must be a JSON Schema of type "object"')
-        return value
+        return object_schema(value)
 
     def is_client_tool(self) -> bool:
         return self.type in (None, "custom")

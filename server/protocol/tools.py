@@ -13,6 +13,15 @@ from lemur.server.protocol.common import OpenAIModel, ResponseModel, SparseRespo
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
+def object_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A tool's arguments schema: arguments are a JSON object (OpenAI's rule,
+    and Lemur's format): a call whose arguments were anything else could not
+    be sent back in the history."""
+    if value is not None and value.get("type", "object") != "object":
+        raise ValueError('must be a JSON Schema of type "object"')
+    return value
+
+
 class FunctionDefinition(OpenAIModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str | None = None
@@ -22,11 +31,7 @@ class FunctionDefinition(OpenAIModel):
     @field_validator("parameters")
     @classmethod
     def _an_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        # Arguments are a JSON object (OpenAI's rule, and Lemur's format): a call
-        # whose arguments were anything else could not be sent back in the history.
-        if value is not None and value.get("type", "object") != "object":
-            raise ValueError('must be a JSON Schema of type "object"')
-        return value
+        return object_schema(value)
 
     def schema(self) -> dict[str, Any]:
         """The arguments' JSON Schema; no parameters means an empty object."""

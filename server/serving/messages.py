@@ -10,7 +10,7 @@ with every client version and would defeat prefix caching: it is dropped.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from lemur.server.errors import APIError, InvalidRequest
@@ -28,29 +28,10 @@ from lemur.server.serving.context import Caller, new_object_id
 from lemur.server.serving.messages_answer import MessagesAnswer
 from lemur.server.serving.prompt import render_messages
 from lemur.server.serving.respond import Prepared
-from lemur.server.serving.restating import chat_request, renamed
+from lemur.server.serving.restating import Restated, chat_request, renamed
 
 ATTRIBUTION = "x-anthropic-billing-header:"
-
-
-@dataclass
-class Restated:
-    """A Messages request as chat: the chat body, and the Messages field each
-    chat message and tool came from."""
-
-    body: dict[str, Any]
-    message_origin: list[str]
-    tool_origin: list[int]
-
-    def param(self, chat_param: str) -> str:
-        head, _, rest = chat_param.partition(".")
-        index, _, tail = rest.partition(".")
-        if head == "messages" and index.isdigit():
-            return self.message_origin[int(index)]
-        if head == "tools" and index.isdigit():
-            field = tail.removeprefix("function.").replace("parameters", "input_schema", 1)
-            return f"tools.{self.tool_origin[int(index)]}" + (f".{field}" if field else "")
-        return {"stop": "stop_sequences"}.get(chat_param, chat_param)
+TOOL_FIELDS = {"parameters": "input_schema"}  # a chat function's field -> a Messages tool's
 
 
 def _call(block: ToolUseBlock) -> dict[str, Any]:
@@ -121,7 +102,8 @@ def restate(req: MessagesBase) -> Restated:
     body.update(_tool_choice(req, bool(tools)))
     if isinstance(req, MessagesRequest):
         body.update(_sampling(req))
-    return Restated(body, conversation.origin, [i for i, _ in tools])
+    origin = [i for i, _ in tools]
+    return Restated(body, conversation.origin, origin, renames={"stop": "stop_sequences"}, tool_fields=TOOL_FIELDS)
 
 
 def _tool(tool: Any) -> dict[str, Any]:
@@ -156,24 +138,24 @@ class MessagesService:
 
     def prepare(self, req: MessagesRequest, caller: Caller, convert: bool = True) -> Prepared:
         restated = restate(req)
-        chat = chat_request(restated.body, restated.param)
+        chat = chat_request(restated)
         rid = new_object_id("msg")
         try:
             # Anthropic's max_tokens is a cap (Claude Code asks for 32000 whatever
             # the model): the reply stops at it, --max-tokens-limit or the context's end.
             prepared = self.chat.prepare_as(chat, caller, convert, rid, max_tokens_cap=req.max_tokens)
         except APIError as exc:
-            raise renamed(exc, restated.param) from None
+            raise renamed(exc, restated) from None
         answer = MessagesAnswer(req, rid, prepared.model, prepared.answer, prepared.prompt_tokens())
         return replace(prepared, answer=answer)
 
     def count_tokens(self, req: CountTokensRequest) -> int:
         """The prompt's tokens, as the engine would get them (tools included)."""
         restated = restate(req)
-        chat = chat_request(restated.body, restated.param)
+        chat = chat_request(restated)
         self.chat.ctx.resolve_model(req.model)
         tools = chat.tools if chat.tool_choice_kind() != "none" else None
         try:
             return len(render_messages(self.chat.ctx, chat.messages, True, tools))
         except APIError as exc:
-            raise renamed(exc, restated.param) from None
+            raise renamed(exc, restated) from None

@@ -22,6 +22,7 @@ from lemur.server.protocol.common import Usage
 from lemur.server.protocol.messages import MessageObject, MessagesRequest, MessageUsage, TextOut, ToolUseOut
 from lemur.server.serving.chat import ChatAnswer
 from lemur.server.serving.respond import ChoiceResult
+from lemur.server.serving.sse import typed_event
 
 
 def stop_reason(req: MessagesRequest, finish: str | None, stop: int | str | None) -> tuple[str, str | None]:
@@ -56,12 +57,6 @@ class MessagesAnswer:
         self._finish: str | None = None
         self._stop: int | str | None = None
 
-    @staticmethod
-    def _event(kind: str, **fields: Any) -> str:
-        data = {"type": kind}
-        data.update({k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in fields.items()})
-        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
     def opening(self) -> str:
         message = {
             "id": self.id,
@@ -73,19 +68,19 @@ class MessagesAnswer:
             "stop_sequence": None,
             "usage": {"input_tokens": self.prompt_tokens, "output_tokens": 0},
         }
-        return self._event("message_start", message=message)
+        return typed_event("message_start", message=message)
 
     def _start(self, block: dict[str, Any]) -> str:
         text = self._close()
         self._open = block["type"]
         self._blocks += 1
-        return text + self._event("content_block_start", index=self._blocks - 1, content_block=block)
+        return text + typed_event("content_block_start", index=self._blocks - 1, content_block=block)
 
     def _close(self) -> str:
         if self._open is None:
             return ""
         self._open = None
-        return self._event("content_block_stop", index=self._blocks - 1)
+        return typed_event("content_block_stop", index=self._blocks - 1)
 
     def events(self, prompt_index: int, out: EngineOutput) -> str:
         if out.finish_reason is not None:
@@ -100,13 +95,13 @@ class MessagesAnswer:
             if self._open != "text":
                 text += self._start({"type": "text", "text": ""})
             text_delta = {"type": "text_delta", "text": delta.content}
-            text += self._event("content_block_delta", index=self._blocks - 1, delta=text_delta)
+            text += typed_event("content_block_delta", index=self._blocks - 1, delta=text_delta)
         for call in delta.tool_calls or ():
             if call.id is not None:
                 text += self._start({"type": "tool_use", "id": call.id, "name": call.function.name, "input": {}})
             if call.function.arguments and self._open == "tool_use":
                 json_delta = {"type": "input_json_delta", "partial_json": call.function.arguments}
-                text += self._event("content_block_delta", index=self._blocks - 1, delta=json_delta)
+                text += typed_event("content_block_delta", index=self._blocks - 1, delta=json_delta)
         return text
 
     async def closing(self, usage: Usage) -> str:
@@ -114,11 +109,11 @@ class MessagesAnswer:
         totals = message_usage(usage)
         text = self._close()
         stopped = {"stop_reason": reason, "stop_sequence": sequence}
-        text += self._event("message_delta", delta=stopped, usage=totals)
-        return text + self._event("message_stop")
+        text += typed_event("message_delta", delta=stopped, usage=totals)
+        return text + typed_event("message_stop")
 
     def failed(self, exc: APIError) -> str:
-        return self._close() + self._event("error", error=exc.anthropic_body()["error"])
+        return self._close() + typed_event("error", error=exc.anthropic_body()["error"])
 
     async def finished(self, response: BaseModel) -> None:
         pass

@@ -23,6 +23,7 @@ from lemur.server.protocol.responses import (
     item_chars,
 )
 from lemur.server.responses_store import StoredResponse
+from lemur.server.serving.restating import Restated
 
 
 @dataclass(frozen=True)
@@ -50,28 +51,13 @@ class ResponsesTurn:
         return self.request.model_dump(**kw)
 
 
-@dataclass
-class Restated:
-    """A Responses request as chat: the chat body, and the Responses field
-    that each chat message and tool came from."""
-
-    body: dict[str, Any]
-    message_origin: list[str]  # "input.3", "instructions", "previous_response_id", ...
-    tool_origin: list[int]
-
-    def param(self, chat_param: str) -> str:
-        """The Responses field that a chat field came from."""
-        head, _, rest = chat_param.partition(".")
-        index, _, tail = rest.partition(".")
-        if head == "messages" and index.isdigit():
-            return self.message_origin[int(index)]
-        if head == "tools" and index.isdigit():
-            field = tail.removeprefix("function.")
-            return f"tools.{self.tool_origin[int(index)]}" + (f".{field}" if field else "")
-        if chat_param.startswith("response_format.json_schema.schema"):
-            return "text.format.schema" + chat_param.removeprefix("response_format.json_schema.schema")
-        renamed = {"response_format": "text.format", "max_tokens": "max_output_tokens", "messages": "input"}
-        return renamed.get(chat_param, chat_param)
+# Chat fields that are named otherwise here, longest first.
+RENAMES = {
+    "response_format.json_schema.schema": "text.format.schema",
+    "response_format": "text.format",
+    "max_tokens": "max_output_tokens",
+    "messages": "input",
+}
 
 
 def _items(turn: ResponsesTurn) -> list[tuple[str, InputItem]]:
@@ -143,4 +129,4 @@ def restate(turn: ResponsesTurn) -> Restated:
         "user": req.user,
     }
     body.update({k: v for k, v in sampling.items() if v is not None})
-    return Restated(body, message_origin, [i for i, _ in functions])
+    return Restated(body, message_origin, [i for i, _ in functions], RENAMES)

@@ -16,7 +16,6 @@ failed on an error mid-stream).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +41,7 @@ from lemur.server.protocol.responses import (
 from lemur.server.serving.chat import ChatAnswer
 from lemur.server.serving.context import new_object_id
 from lemur.server.serving.respond import ChoiceResult
+from lemur.server.serving.sse import typed_event
 
 
 def response_usage(usage: Usage) -> ResponseUsage:
@@ -113,10 +113,8 @@ class ResponsesAnswer:
         )
 
     def _event(self, kind: str, **fields: Any) -> str:
-        data = {"type": kind, "sequence_number": self._sequence}
-        data.update({k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in fields.items()})
         self._sequence += 1
-        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        return typed_event(kind, sequence_number=self._sequence - 1, **fields)
 
     # The stream
 

@@ -92,12 +92,12 @@ class ResponsesService:
 
     def prepare(self, turn: ResponsesTurn, caller: Caller, convert: bool = True) -> Prepared:
         restated = restate(turn)
-        chat = chat_request(restated.body, restated.param)
+        chat = chat_request(restated)
         rid = new_object_id("resp")
         try:
             prepared = self.chat.prepare_as(chat, caller, convert, rid)
         except APIError as exc:
-            raise renamed(exc, restated.param) from None
+            raise renamed(exc, restated) from None
 
         async def keep(response: ResponseObject) -> bool:
             return await self._keep(turn, caller, response)

@@ -36,6 +36,14 @@ def sse(payload: BaseModel) -> str:
     return f"data: {payload.model_dump_json()}\n\n"
 
 
+def typed_event(kind: str, **fields: Any) -> str:
+    """One typed event, as the Responses and Messages APIs send them:
+    `event: kind` and `data: {"type": kind, ...fields}` (models as JSON)."""
+    data = {"type": kind}
+    data.update({k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in fields.items()})
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
 def sse_error(exc: APIError) -> str:
     """An error inside an already-started stream (the status line is gone)."""
     return f"data: {json.dumps(exc.body())}\n\n"

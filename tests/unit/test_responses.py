@@ -55,7 +55,7 @@ def test_only_function_tools_are_offered_and_errors_name_the_responses_fields() 
     assert [t["function"]["name"] for t in restated.body["tools"]] == ["f", "f"]
     assert restated.body["max_tokens"] == 5
     with pytest.raises(InvalidRequest) as info:
-        chat_request(restated.body, restated.param)
+        chat_request(restated)
     assert info.value.param == "tools.2.name" and info.value.message.startswith("tools.2.name: ")
     assert restated.param("tools.0.function.parameters") == "tools.1.parameters"
     assert restated.param("response_format.json_schema.schema.properties") == "text.format.schema.properties"
