@@ -103,6 +103,12 @@ class GatewayConfig:
     stream_write_timeout: float = flag(
         30.0, "cut a response whose client reads nothing for this many seconds, freeing its slot", CLIENTS
     )
+    stream_ping_interval: float = flag(
+        1.0,
+        "while a streamed Messages answer waits for its first token (a long prefill), send Anthropic's `ping` "
+        "event after this many seconds, and again each as long; 0: never",
+        CLIENTS,
+    )
     read_deadline: float = flag(30.0, "seconds a connection has to send each whole request, headers and body", CLIENTS)
     max_connections: int = flag(2048, "open connections at once; beyond: 503", CLIENTS)
     lora_modules: tuple[tuple[str, str], ...] = flag(

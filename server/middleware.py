@@ -15,9 +15,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,7 +40,7 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         sent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = sent if _SANE_ID.match(sent) else uuid.uuid4().hex
+        request_id = sent if _SANE_ID.match(sent) else os.urandom(16).hex()
         token = request_id_var.set(request_id)
         status = 500
         start = time.perf_counter()

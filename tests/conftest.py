@@ -25,6 +25,7 @@ API_KEY = "sk-lemur-test-key"
 # The shared server also knows a second key (named "env-0"), for per-key behaviour.
 SECOND_API_KEY = "sk-lemur-second-key"
 MAX_MODEL_LEN = 512
+PING_INTERVAL = 0.001  # seconds: --stream-ping-interval of the session server
 MODEL_NAME = "lemur-tiny-chat-untrained"
 TEST_FLAGS = ("--max-model-len", str(MAX_MODEL_LEN))
 
@@ -80,7 +81,10 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     own, shared within their module wherever the behaviour allows."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     t0 = time.monotonic()
-    live = start_server(tiny_checkpoint, log_path, ["--api-key", API_KEY], env={"LEMUR_API_KEYS": SECOND_API_KEY})
+    # A ping interval shorter than any first token: every streamed Messages
+    # answer then starts with pings, which the clients must take in their stride.
+    flags = ["--api-key", API_KEY, "--stream-ping-interval", str(PING_INTERVAL)]
+    live = start_server(tiny_checkpoint, log_path, flags, env={"LEMUR_API_KEYS": SECOND_API_KEY})
     print(f"\n[lemur] server ready in {time.monotonic() - t0:.1f}s at {live.base_url}")
     yield live
     stop_server(live)

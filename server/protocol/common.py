@@ -6,7 +6,15 @@ import logging
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    model_serializer,
+    model_validator,
+)
 
 logger = logging.getLogger("lemur.protocol")
 
@@ -28,6 +36,7 @@ class OpenAIModel(BaseModel):
 
 
 MAX_NESTING = 32
+SHAPE_CHECKED = "shape_checked"  # validation context: the body's JSON shape was checked already
 
 
 def _is_unicode(text: str) -> bool:
@@ -67,8 +76,10 @@ class RequestModel(OpenAIModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _normalize(cls, data: Any) -> Any:
-        problem = check_json_shape(data)
+    def _normalize(cls, data: Any, info: ValidationInfo) -> Any:
+        # A body restated from another API's (context SHAPE_CHECKED) holds
+        # only what that API's request already passed through this check.
+        problem = None if (info.context or {}).get(SHAPE_CHECKED) else check_json_shape(data)
         if problem is not None:
             raise ValueError(problem)
         if isinstance(data, dict):

@@ -197,8 +197,8 @@ class ResponsesRequest(RequestModel):
 class OutputText(ResponseModel):
     type: Literal["output_text"] = "output_text"
     text: str
-    annotations: list[Any] = []
-    logprobs: list[Any] = []
+    annotations: list[Any] = Field(default_factory=list)  # a factory, not a default pydantic deep-copies
+    logprobs: list[Any] = Field(default_factory=list)
 
 
 class OutputMessage(ResponseModel):
@@ -264,7 +264,7 @@ class ResponseObject(ResponseModel):
     tool_choice: Any
     tools: list[Any]
     text: dict[str, Any]
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = Field(default_factory=dict)
     store: bool = False
     truncation: Literal["disabled"] = "disabled"
     user: str | None = None

@@ -105,6 +105,12 @@ class ChatAnswer(ChunkStream):
             return None
         return ChatDelta(content=step.content or None, tool_calls=_call_deltas(parser, step))
 
+    def delta(self, out: EngineOutput) -> tuple[ChatDelta | None, str | None]:
+        """What one engine output shows (None: nothing yet), and its finish
+        reason: the content of a chunk, for the APIs restated as chat."""
+        delta = self._delta(out)
+        return delta, _finish_reason(out.finish_reason, self._parsers.get(out.index))
+
     def chunk(self, prompt_index: int, out: EngineOutput) -> BaseModel | None:
         delta = self._delta(out)
         if delta is None and not out.logprobs:
@@ -123,7 +129,8 @@ class ChatAnswer(ChunkStream):
             metrics = self.ctx.metrics
             metrics.child(metrics.tool_calls, self.model).inc(len(parser.calls))
 
-    def _message(self, r: ChoiceResult) -> tuple[ChatResponseMessage, str | None]:
+    def message(self, r: ChoiceResult) -> tuple[ChatResponseMessage, str | None]:
+        """A finished choice's message (text and parsed calls) and finish reason."""
         if not self.parse_tools:
             return ChatResponseMessage(content=r.text), r.finish_reason
         parser = ToolCallParser()
@@ -140,7 +147,7 @@ class ChatAnswer(ChunkStream):
     def response(self, results: list[list[ChoiceResult]], usage: Usage) -> BaseModel:
         choices = []
         for r in results[0]:
-            message, finish = self._message(r)
+            message, finish = self.message(r)
             logprobs = _logprobs(self.ctx, r.logprobs) if self.req.logprobs else None
             choices.append(ChatChoice(index=r.index, message=message, logprobs=logprobs, finish_reason=finish))
         return ChatCompletionResponse(id=self.rid, created=self.created, model=self.model, choices=choices, usage=usage)

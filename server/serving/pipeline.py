@@ -218,9 +218,10 @@ async def serve(request: Request, service: Service[B], body: B) -> Response:
         logger.info("prompt", extra={"body": body.model_dump(exclude_none=True)})
     try:
         return await _run(request, ctx, prepared, bool(body.stream), turn)
-    finally:
+    except BaseException:
         if turn is not None:
-            turn.request_done()  # when it failed; else done already, at the first output
+            turn.request_done()  # else it is done at the first output, or when the response ends
+        raise
 
 
 async def _run(request: Request, ctx: ServingContext, prepared: Prepared, stream: bool, turn: Turn | None) -> Response:
@@ -231,13 +232,11 @@ async def _run(request: Request, ctx: ServingContext, prepared: Prepared, stream
 
     async def admitted() -> tuple[Permit, EventStream | respond.Whole]:
         permit = await ctx.admission.acquire(prepared.sequences())
+        first_output = turn.request_done if turn is not None else None
         try:
             if stream:
-                events = await respond.stream(ctx, prepared)  # returns at the first output
-                if turn is not None:
-                    turn.request_done()
-                return permit, events
-            return permit, await respond.complete(ctx, prepared, turn.request_done if turn is not None else None)
+                return permit, await respond.stream(ctx, prepared, first_output)
+            return permit, await respond.complete(ctx, prepared, first_output)
         except BaseException:
             permit.release()
             raise
@@ -251,6 +250,8 @@ async def _run(request: Request, ctx: ServingContext, prepared: Prepared, stream
     def finish() -> None:
         permit.release()
         account.settle()
+        if turn is not None:
+            turn.request_done()  # a stream that ended before its first output
 
     if isinstance(result, EventStream):
         return EventStreamResponse(result, finish, ctx.config.stream_write_timeout, ctx.metrics.slow_clients.inc)

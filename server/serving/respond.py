@@ -21,7 +21,7 @@ from lemur.server.engine import EngineOutput, EngineRequest, TokenLogprob
 from lemur.server.errors import APIError
 from lemur.server.protocol.common import Usage
 from lemur.server.serving.context import Account, ServingContext
-from lemur.server.serving.generation import merge, prime
+from lemur.server.serving.generation import Heartbeat, merge, prime, with_heartbeats
 from lemur.server.serving.sse import EventStream
 
 
@@ -55,6 +55,11 @@ class Answer(Protocol):
     """How one endpoint's objects and events look. `events` may keep state
     across the outputs of one stream (an answer serves one request, once).
     Stream methods return SSE text ('' for nothing)."""
+
+    # An event to send while the first token is awaited (Anthropic's `ping`),
+    # or None: the stream then starts with the first token, so that errors
+    # before it still get their own HTTP status.
+    heartbeat: str | None
 
     def opening(self) -> str:
         """Events that go out with the first content."""
@@ -162,15 +167,25 @@ async def complete(ctx: ServingContext, p: Prepared, first_output: Callable[[], 
     return Whole(model, dump(model))
 
 
-async def stream(ctx: ServingContext, p: Prepared) -> EventStream:
+async def stream(ctx: ServingContext, p: Prepared, first_output: Callable[[], None] | None = None) -> EventStream:
     """SSE events. The first engine output is awaited before this returns, so
-    errors that happen before any token still get a real HTTP status."""
-    first, outputs = await prime(merge(ctx, p.engine_requests, p.account))
-    return EventStream(_events(p, first, outputs), outputs)
+    errors that happen before any token still get a real HTTP status; an
+    answer with a heartbeat starts sooner, at the first heartbeat, when the
+    first token is slow (errors then come as that API's error event).
+    `first_output` is called when the first output arrives."""
+    outputs = merge(ctx, p.engine_requests, p.account)
+    every = ctx.config.stream_ping_interval
+    if p.answer.heartbeat is not None and every > 0:
+        outputs = with_heartbeats(outputs, every)
+    first, outputs = await prime(outputs)
+    return EventStream(_events(p, first, outputs, first_output), outputs)
 
 
 async def _events(
-    p: Prepared, first: tuple[int, EngineOutput] | None, outputs: AsyncIterator[tuple[int, EngineOutput]]
+    p: Prepared,
+    first: tuple[int, EngineOutput] | Heartbeat | None,
+    outputs: AsyncIterator[tuple[int, EngineOutput] | Heartbeat],
+    first_output: Callable[[], None] | None,
 ) -> AsyncIterator[str]:
     answer = p.answer
     completion_tokens = 0
@@ -182,6 +197,14 @@ async def _events(
         try:
             item = first
             while item is not None:
+                if isinstance(item, Heartbeat):
+                    yield pending + (answer.heartbeat or "")
+                    pending = ""
+                    item = await anext(outputs, None)
+                    continue
+                if first_output is not None:
+                    first_output()
+                    first_output = None
                 completion_tokens += len(item[1].token_ids)
                 if item[1].cached_tokens is not None:
                     cached[item[0]] = item[1].cached_tokens

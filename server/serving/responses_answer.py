@@ -87,6 +87,8 @@ Keep = Callable[[ResponseObject], Awaitable[bool]]
 class ResponsesAnswer:
     """One response's objects and events, made from its chat answer's."""
 
+    heartbeat = None  # the Responses API has no keep-alive event
+
     def __init__(self, req: ResponsesRequest, rid: str, model: str, chat: ChatAnswer, keep: Keep | None = None) -> None:
         """`keep`: stores the finished response (True if it did), when the request is to be stored."""
         self.req, self.rid, self.model, self.chat, self.keep = req, rid, model, chat, keep
@@ -157,12 +159,11 @@ class ResponsesAnswer:
         return text + self._event("response.output_item.done", output_index=index, item=item)
 
     def events(self, prompt_index: int, out: EngineOutput) -> str:
-        chunk = self.chat.chunk(prompt_index, out)
-        if chunk is None:
+        delta, finish = self.chat.delta(out)
+        self._finish = finish or self._finish
+        if delta is None:
             return ""
-        choice = chunk.choices[0]
-        self._finish = choice.finish_reason or self._finish
-        text, delta = "", choice.delta
+        text = ""
         if delta.content:
             if not isinstance(self._open, OutputMessage):
                 text += self._start(_message("in_progress", ""))
@@ -199,10 +200,9 @@ class ResponsesAnswer:
     # The whole response
 
     def response(self, results: list[list[ChoiceResult]], usage: Usage) -> ResponseObject:
-        choice = self.chat.response(results, usage).choices[0]
-        status = "incomplete" if choice.finish_reason == "length" else "completed"
+        message, finish = self.chat.message(results[0][0])
+        status = "incomplete" if finish == "length" else "completed"
         output: list[OutputItem] = []
-        message = choice.message
         if message.content or not message.tool_calls:  # an empty reply is a message too
             output.append(_message(status, message.content or ""))
         for call in message.tool_calls or ():

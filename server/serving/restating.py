@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from lemur.server.errors import APIError, InvalidRequest, validation_param
 from lemur.server.protocol.chat import ChatCompletionRequest
+from lemur.server.protocol.common import SHAPE_CHECKED
 
 _LEADING_PARAM = re.compile(r"^[\w.]+(?=: )")
 
@@ -56,7 +57,7 @@ def renamed(exc: APIError, restated: Restated) -> APIError:
 def chat_request(restated: Restated) -> ChatCompletionRequest:
     """The chat request; its validation errors as a 400 naming the API's field."""
     try:
-        return ChatCompletionRequest.model_validate(restated.body)
+        return ChatCompletionRequest.model_validate(restated.body, context={SHAPE_CHECKED: True})
     except ValidationError as exc:
         first = exc.errors()[0]
         param = (first.get("ctx") or {}).get("param") or validation_param(tuple(first["loc"])) or ""

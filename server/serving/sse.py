@@ -54,6 +54,7 @@ class ChunkStream:
     that stream chunk objects: an endpoint gives its chunks, this frames them."""
 
     include_usage: bool = False
+    heartbeat: str | None = None
 
     def opening_chunks(self) -> list[BaseModel]:
         """Chunks that go out with the first content (chat's role chunks)."""

@@ -15,8 +15,8 @@ at once for a non-streamed response.
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from dataclasses import dataclass, field
 
 from lemur.chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -152,7 +152,7 @@ class ToolCallParser:
                 self._state = "text"
                 return True
             return False
-        self.calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", name))
+        self.calls.append(Call(f"call_{os.urandom(12).hex()}", name))
         step.started.append(len(self.calls) - 1)
         self._pending, self._state, self._value = self._pending[match.end() :], "arguments", _JsonValueEnd()
         return True

@@ -6,6 +6,8 @@ grammar holds. Errors come in Anthropic's envelope."""
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import jsonschema
@@ -96,6 +98,30 @@ def test_stream_events_in_order(claude) -> None:
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
     assert final.content[0].text == text and final.stop_reason in ("end_turn", "max_tokens")
     assert final.usage.output_tokens > 0 and final.usage.input_tokens > 0
+
+
+def test_pings_while_the_prompt_is_prefilled(server) -> None:
+    """The session server pings after PING_INTERVAL without a token, so every
+    prefill is a long one here: `message_start` and pings go out before the
+    first token, and none after it."""
+    body = {"model": MODEL_NAME, "max_tokens": 6, "stream": True,
+            "messages": [{"role": "user", "content": "a b c " * 100}]}  # fmt: skip
+    headers = {"x-api-key": server.api_key}
+    events: list[tuple[str, dict]] = []
+    with httpx.stream("POST", server.url("/v1/messages"), headers=headers, json=body, timeout=60) as r:
+        assert r.status_code == 200
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    kinds = [k for k, _ in events]
+    first_block = kinds.index("content_block_start")
+    assert kinds[0] == "message_start" and kinds[1] == "ping", kinds
+    assert set(kinds[1:first_block]) == {"ping"} and "ping" not in kinds[first_block:], kinds
+    assert all(data == {"type": "ping"} for k, data in events if k == "ping")
+    assert kinds[-2:] == ["message_delta", "message_stop"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
