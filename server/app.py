@@ -20,7 +20,7 @@ from lemur.server.chat_template import ChatTemplate, select_template
 from lemur.server.config import GatewayConfig
 from lemur.server.engine import Engine, EngineRequest, SamplingSpec
 from lemur.server.errors import install_error_handlers
-from lemur.server.lifecycle import watch_engine
+from lemur.server.lifecycle import watch_engine, watch_nodes
 from lemur.server.lora_registry import AdapterRegistry
 from lemur.server.metrics import Metrics
 from lemur.server.middleware import Authenticate, BodySizeLimit, RequestMiddleware
@@ -129,10 +129,11 @@ def create_app(
         if warm is None:
             ctx.state.ready = True
         watchdog = asyncio.create_task(watch_engine(ctx, on_engine_dead or (lambda: None)))
+        nodes = asyncio.create_task(watch_nodes(ctx)) if engine.info.nodes > 1 else None
         try:
             yield
         finally:
-            for task in (warm, watchdog):
+            for task in (warm, watchdog, nodes):
                 if task is not None:
                     task.cancel()
             ctx.pool.shutdown()

@@ -19,11 +19,17 @@ from types import FrameType
 import uvicorn
 
 from lemur.server.config import ABORT_GRACE_S
+from lemur.server.engine import EngineDeadError
 from lemur.server.serving.context import ServingContext
 
 logger = logging.getLogger("lemur.lifecycle")
 
 ENGINE_POLL_S = 0.5
+# A model spanning nodes: how often every rank is asked whether it is alive,
+# and how long it has to answer. A dead or frozen node is found within their
+# sum; the process then exits 1 (watch_engine), well inside 15 s.
+NODE_CHECK_S = 3.0
+NODE_TIMEOUT_S = 5.0
 
 
 async def drain(ctx: ServingContext, limit_s: float) -> None:
@@ -54,6 +60,18 @@ async def watch_engine(ctx: ServingContext, on_dead: Callable[[], None]) -> None
     finally:  # whatever the report met, the process must still exit
         await ctx.admission.wait_idle(ABORT_GRACE_S)
         on_dead()
+
+
+async def watch_nodes(ctx: ServingContext) -> None:
+    """Ask every node's ranks every NODE_CHECK_S, busy or idle, so that a
+    node that died or froze turns /health to 503 and ends the process (the
+    engine counts as dead from then on, which watch_engine acts on)."""
+    while ctx.engine.is_alive():
+        await asyncio.sleep(NODE_CHECK_S)
+        try:
+            await ctx.engine.check_nodes(NODE_TIMEOUT_S)
+        except EngineDeadError:
+            return
 
 
 async def report_death(ctx: ServingContext) -> None:

@@ -63,6 +63,12 @@ class LaunchOptions:
         ENGINE,
         choices=KERNEL_CHOICES,
     )
+    headless: bool = flag(
+        False,
+        "a worker node of a model that spans nodes: the leader's own command line plus --headless and "
+        "--node-rank K (K >= 1); it runs this node's ranks, serves no HTTP, and exits 1 once the leader is gone",
+        ENGINE,
+    )
     mock_tokens_per_s: float = flag(50.0, "mock engine: tokens/s per sequence", ENGINE)
     mock_ttft_ms: float = flag(0.0, "mock engine: time to the first token", ENGINE)
 
@@ -122,6 +128,12 @@ def wants_mock(argv: list[str]) -> bool:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--engine", default="vllm")
     return pre.parse_known_args(argv)[0].engine == "mock"
+
+
+def wants_headless(argv: list[str]) -> bool:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--headless", action="store_true")
+    return pre.parse_known_args(argv)[0].headless
 
 
 def early_checks(argv: list[str]) -> socket.socket | None:
@@ -226,6 +238,8 @@ def enable_lora(ns: argparse.Namespace, config: GatewayConfig) -> None:
 
 def serve(argv: list[str], default_model: Callable[[], Path]) -> int:
     select_kernels(argv)
+    if wants_headless(argv):
+        return serve_headless(argv, default_model)
     listen_socket = early_checks(argv)
     mock = wants_mock(argv)
     parser = build_mock_parser() if mock else build_parser()
@@ -238,6 +252,24 @@ def serve(argv: list[str], default_model: Callable[[], Path]) -> int:
     # The engine processes ask for themselves (server/engine/vllm_hooks.py); this is the gateway's own.
     logging.getLogger("lemur.cli").info("CPU %s; AMX %s", cpu_model(), request_amx_permission())
     return run(config, options, ns, listen_socket)
+
+
+def serve_headless(argv: list[str], default_model: Callable[[], Path]) -> int:
+    """A worker node: the same parser and flags as the leader (so LoRA, dtype
+    and parallel sizes cannot differ), no HTTP port and no keys to check;
+    only this node's engine ranks, until the leader is gone."""
+    parser = build_parser()
+    ns, options, config = read_flags(parser, argv)
+    if options.engine != "vllm":
+        parser.error("--headless runs vLLM's ranks on this node: not with --engine mock")
+    if ns.nnodes < 2 or ns.node_rank < 1:
+        parser.error("--headless is a worker node: give --nnodes 2 or more and --node-rank 1 or more")
+    resolve_model(ns, options, default_model)
+    enable_lora(ns, config)
+    setup_logging(config.log_level.upper(), config.log_format)
+    from lemur.server.engine import vllm_engine, vllm_node
+
+    return vllm_node.run_worker_node(vllm_engine.engine_args_from_namespace(ns))
 
 
 def engine_factory(config: GatewayConfig, options: LaunchOptions, ns: argparse.Namespace) -> tuple[EngineFactory, str]:

@@ -53,6 +53,21 @@ def turn_ender_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPa
     return build_turn_ender(tiny_checkpoint, tmp_path_factory.mktemp("ckpt") / "lemur-tiny-turn-ender")
 
 
+@pytest.fixture(scope="session")
+def fp32_reference(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """TP 1's greedy tokens and logprobs in float32 (tests/support/parallel.py),
+    for the parallel and multi-node tests; its server stops once they are read."""
+    from tests.support.parallel import greedy
+
+    t0 = time.monotonic()
+    server = start_server(tiny_checkpoint, tmp_path_factory.mktemp("tp1") / "server.log", ["--dtype", "float32"])
+    try:
+        print(f"\n[parallel] TP 1 ready in {time.monotonic() - t0:.1f}s")
+        return greedy(server)
+    finally:
+        stop_server(server)
+
+
 def start_server(
     checkpoint: Path, log_path: Path, extra: list[str], timeout: float = 300, env: dict[str, str] | None = None
 ) -> LiveServer:

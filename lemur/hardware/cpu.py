@@ -164,3 +164,13 @@ def thread_binding(world_size: int, cpus: Sequence[int], nodes: int) -> ThreadBi
     ranks = tuple(tuple(cpus[r * share : (r + 1) * share]) for r in range(world_size))
     reserved = tuple(cpus[share * world_size :])
     return ThreadBinding("|".join(_span(r) for r in ranks), ranks, reserved, False)
+
+
+def explicit_binding(ranks: int, cpus: Sequence[int]) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for `ranks` ranks on this node, always spelled
+    out (across nodes vLLM's "auto" counts every node's ranks and refuses):
+    rank i on NUMA node i where there are enough nodes, else equal shares of
+    the allowed CPUs."""
+    nodes = numa_nodes(cpus)
+    split = thread_binding(ranks, cpus, len(nodes))
+    return split.value if split is not None else "|".join(_span(nodes[r]) for r in range(ranks))

@@ -144,6 +144,7 @@ class ModelInfo:
     generation_defaults: dict[str, float | int] = field(default_factory=dict)
     shapes: BaseShapes | None = None
     lora: LoraLimits | None = None  # None: the engine serves no adapters
+    nodes: int = 1  # machines the model spans (vLLM's --nnodes)
 
 
 class Engine(Protocol):
@@ -164,6 +165,11 @@ class Engine(Protocol):
 
     async def check_health(self) -> None:
         """Raise `EngineDeadError` if the engine cannot serve."""
+        ...
+
+    async def check_nodes(self, within: float) -> None:
+        """A model spanning nodes: every rank on every node answers within
+        `within` seconds, or the engine counts as dead (`EngineDeadError`)."""
         ...
 
     def is_alive(self) -> bool: ...

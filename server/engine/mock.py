@@ -78,5 +78,8 @@ class MockEngine:
         if not self.alive:
             raise EngineDeadError("mock engine stopped")
 
+    async def check_nodes(self, within: float) -> None:
+        await self.check_health()  # one process: no other node
+
     async def shutdown(self) -> None:
         self.alive = False

@@ -8,6 +8,7 @@ dataclasses and vLLM's request/output types.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import os
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lemur.hardware.cpu import allowed_cpus, numa_nodes, thread_binding
 from lemur.server.config import DEFAULT_CPU_KVCACHE_GIB
 from lemur.server.engine.base import (
     AdapterRef,
@@ -53,6 +53,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.version import __version__ as VLLM_VERSION
 
+from lemur.server.engine.vllm_node import lost_nodes, prepare_node
+
 __all__ = [
     "VLLM_VERSION",
     "ServingDefaults",
@@ -63,7 +65,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lemur.engine")
-THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 # How long the engine core may take to exit once it is dead, for its exit code.
 EXIT_CODE_WAIT_S = 3.0
 
@@ -113,23 +114,6 @@ def make_parser(prog: str, description: str, usage: str | None = None) -> Engine
 
 def engine_args_from_namespace(ns: argparse.Namespace) -> AsyncEngineArgs:
     return AsyncEngineArgs.from_cli_args(ns)
-
-
-def bind_cpu_ranks(args: AsyncEngineArgs) -> None:
-    """On a CPU with fewer NUMA nodes than TP x PP ranks, vLLM's automatic
-    thread binding refuses to start ("Not enough allowed NUMA nodes"): split
-    the allowed CPUs between the ranks instead, unless the user chose a
-    binding. The engine processes inherit the variable."""
-    world_size = args.tensor_parallel_size * args.pipeline_parallel_size
-    if not current_platform.is_cpu() or world_size <= 1 or THREADS_BIND_ENV in os.environ:
-        return
-    cpus = allowed_cpus()
-    binding = thread_binding(world_size, cpus, len(numa_nodes(cpus)))
-    if binding is None:
-        return
-    os.environ[THREADS_BIND_ENV] = binding.value
-    shared = " (fewer CPUs than ranks: they share)" if binding.shared else ""
-    logger.info("%d CPU ranks: %s=%s%s", world_size, THREADS_BIND_ENV, binding.value, shared)
 
 
 def _dtype_name(dtype: object) -> str:
@@ -282,11 +266,13 @@ class VllmEngine:
             json_whitespace=not llm.vllm_config.structured_outputs_config.disable_any_whitespace,
             shapes=_shapes(cfg),
             lora=_lora_limits(llm.vllm_config.lora_config),
+            nodes=llm.vllm_config.parallel_config.nnodes,
         )
+        self._lost_nodes: EngineDeath | None = None  # set when a node stopped answering
 
     @classmethod
     def start(cls, args: AsyncEngineArgs, name: str | None = None) -> VllmEngine:
-        bind_cpu_ranks(args)
+        prepare_node(args)  # the environment its processes inherit
         # The engine processes report fatal events here (server/engine/vllm_hooks.py).
         events = Path(tempfile.mkdtemp(prefix="lemur-engine-")) / "events.jsonl"
         os.environ[EVENTS_ENV] = str(events)
@@ -309,6 +295,8 @@ class VllmEngine:
     def death_report(self) -> EngineDeath:
         """Why the engine died. Blocks up to EXIT_CODE_WAIT_S for the engine
         core to exit (its exit code tells a signal from an error)."""
+        if self._lost_nodes is not None and not self._llm.errored:
+            return self._lost_nodes
         manager = getattr(getattr(self._llm.engine_core, "resources", None), "engine_manager", None)
         exitcodes: dict[str, int] = {}
         deadline = time.monotonic() + EXIT_CODE_WAIT_S
@@ -369,7 +357,22 @@ class VllmEngine:
             raise EngineDeadError(str(exc)) from exc
 
     def is_alive(self) -> bool:
-        return not self._llm.errored
+        return not self._llm.errored and self._lost_nodes is None
+
+    async def check_nodes(self, within: float) -> None:
+        """Every rank answers vLLM's `check_health` within `within` seconds. A node
+        that died or froze does not (vLLM itself notices neither while idle,
+        and a frozen one hangs the next request for its execute timeout).
+        The outer bound covers an engine core stuck in a step."""
+        if self.info.nodes <= 1 or not self.is_alive():
+            return
+        try:
+            await asyncio.wait_for(self._llm.collective_rpc("check_health", timeout=within), 2 * within)
+        except Exception as exc:
+            if self._llm.errored:  # a local rank died: vLLM's own report says which
+                raise EngineDeadError(str(exc)) from exc
+            self._lost_nodes = lost_nodes(self._llm.vllm_config.parallel_config, within, exc)
+            raise EngineDeadError(self._lost_nodes.summary()) from exc
 
     async def check_health(self) -> None:
         try:

@@ -1,10 +1,5 @@
-"""Tensor and pipeline parallel through the gateway on the real CPU engine.
-
-The servers here run in float32, not the CPU default bf16: tensor parallel
-sums partial products in another order (an all-reduce over ranks), and in
-bf16 that alone moves logprobs by ~1e-2 and flips near-tied greedy tokens.
-In float32 the reordering costs ~1e-6, so "same tokens, logprobs within
-1e-4" is a real check of the sharding, not of rounding.
+"""Tensor and pipeline parallel through the gateway on the real CPU engine,
+in float32 against TP 1 (tests/support/parallel.py says why float32).
 
 No VLLM_CPU_OMP_THREADS_BIND is set: the gateway must split the CPUs between
 the ranks itself (the inherited environment is scrubbed of it).
@@ -24,19 +19,11 @@ import psutil
 import pytest
 
 from tests.conftest import LiveServer, start_server, stop_server
+from tests.support.parallel import greedy, largest_difference
 from tests.support.streams import finish_reasons, sigterm_while_streaming
 
 pytestmark = pytest.mark.e2e
 
-PROMPTS = [
-    "def fibonacci(n):",
-    "The capital of France is",
-    "import numpy as np\n",
-    "<html><body>",
-    "Once upon a time",
-]
-MAX_TOKENS = 24
-LOGPROB_TOL = 1e-4  # float32 with reordered sums: ~1e-6 observed
 MODES = {"tp2": ["--tensor-parallel-size", "2"], "pp2": ["--pipeline-parallel-size", "2"]}
 # The worker processes' titles (vLLM sets them): VLLM::Worker_TP1, VLLM::Worker_PP1.
 LAST_RANK = {"tp2": "Worker_TP1", "pp2": "Worker_PP1"}
@@ -56,28 +43,6 @@ def _start(checkpoint: Path, log: Path, extra: list[str]) -> tuple[LiveServer, f
     return server, time.monotonic() - t0
 
 
-def _greedy(server: LiveServer) -> list[list[tuple[str, float, dict[str, float]]]]:
-    """(token, logprob, top-2) per generated token, for each prompt."""
-    out = []
-    for prompt in PROMPTS:
-        body = {"prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "logprobs": 2, "ignore_eos": True}
-        r = httpx.post(server.url("/v1/completions"), json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        lp = r.json()["choices"][0]["logprobs"]
-        out.append(list(zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True)))
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    server, ready_s = _start(tiny_checkpoint, tmp_path_factory.mktemp("tp1") / "server.log", [])
-    try:
-        print(f"\n[parallel] TP 1 ready in {ready_s:.1f}s")
-        return _greedy(server)
-    finally:
-        stop_server(server)
-
-
 @pytest.fixture(scope="module", params=sorted(MODES))
 def parallel(request: pytest.FixtureRequest, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     mode = request.param
@@ -88,20 +53,10 @@ def parallel(request: pytest.FixtureRequest, tiny_checkpoint: Path, tmp_path_fac
         stop_server(server)
 
 
-def test_same_greedy_tokens_and_logprobs_as_tp1(parallel: tuple[str, LiveServer], reference: list) -> None:
+def test_same_greedy_tokens_and_logprobs_as_tp1(parallel: tuple[str, LiveServer], fp32_reference: list) -> None:
     mode, server = parallel
     assert "VLLM_CPU_OMP_THREADS_BIND=0|1" in server.log_path.read_text()  # chosen by the gateway
-    worst = 0.0
-    for prompt, ref, got in zip(PROMPTS, reference, _greedy(server), strict=True):
-        for i, ((ref_tok, ref_lp, ref_top), (tok, lp, _)) in enumerate(zip(ref, got, strict=True)):
-            assert abs(lp - ref_lp) <= LOGPROB_TOL, (mode, prompt, i, lp, ref_lp)
-            worst = max(worst, abs(lp - ref_lp))
-            if tok != ref_tok:
-                # Only an exact tie (within the tolerance) may pick another token;
-                # after it, the two continuations are different texts.
-                gap = abs(sorted(ref_top.values())[-1] - sorted(ref_top.values())[-2])
-                assert gap <= LOGPROB_TOL, (mode, prompt, i, tok, ref_tok, gap)
-                break
+    worst = largest_difference(fp32_reference, greedy(server), mode)
     print(f"\n[parallel] {mode}: largest logprob difference from TP 1: {worst:.2e}")
 
 

@@ -57,5 +57,8 @@ class FakeEngine:
     async def check_health(self) -> None:
         return None
 
+    async def check_nodes(self, within: float) -> None:
+        return None
+
     async def shutdown(self) -> None:
         self.alive = False
