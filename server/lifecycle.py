@@ -28,8 +28,8 @@ ENGINE_POLL_S = 0.5
 # A model spanning nodes: how often every rank is asked whether it is alive,
 # and how long it has to answer. A dead or frozen node is found within their
 # sum; the process then exits 1 (watch_engine), well inside 15 s.
-NODE_CHECK_S = 3.0
-NODE_TIMEOUT_S = 5.0
+NODE_CHECK_S = 2.0
+NODE_TIMEOUT_S = 3.0  # a healthy rank answers in milliseconds
 
 
 async def drain(ctx: ServingContext, limit_s: float) -> None:

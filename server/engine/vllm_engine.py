@@ -53,7 +53,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.version import __version__ as VLLM_VERSION
 
-from lemur.server.engine.vllm_node import lost_nodes, prepare_node
+from lemur.server.engine.nodes import lost_nodes
+from lemur.server.engine.vllm_node import layout, prepare_node
 
 __all__ = [
     "VLLM_VERSION",
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lemur.engine")
+# A node check waits this long for the engine core to take it between steps:
+# far beyond any healthy step, so that only a stuck one trips it.
+STEP_LIMIT_S = 30.0
 # How long the engine core may take to exit once it is dead, for its exit code.
 EXIT_CODE_WAIT_S = 3.0
 
@@ -363,15 +367,17 @@ class VllmEngine:
         """Every rank answers vLLM's `check_health` within `within` seconds. A node
         that died or froze does not (vLLM itself notices neither while idle,
         and a frozen one hangs the next request for its execute timeout).
-        The outer bound covers an engine core stuck in a step."""
+        `within` counts from when the engine core takes the call, between
+        steps; STEP_LIMIT_S bounds the wait for that (a step that never ends:
+        a rank froze mid-step)."""
         if self.info.nodes <= 1 or not self.is_alive():
             return
         try:
-            await asyncio.wait_for(self._llm.collective_rpc("check_health", timeout=within), 2 * within)
+            await asyncio.wait_for(self._llm.collective_rpc("check_health", timeout=within), STEP_LIMIT_S)
         except Exception as exc:
             if self._llm.errored:  # a local rank died: vLLM's own report says which
                 raise EngineDeadError(str(exc)) from exc
-            self._lost_nodes = lost_nodes(self._llm.vllm_config.parallel_config, within, exc)
+            self._lost_nodes = lost_nodes(layout(self._llm.vllm_config.parallel_config), within, exc)
             raise EngineDeadError(self._lost_nodes.summary()) from exc
 
     async def check_health(self) -> None:

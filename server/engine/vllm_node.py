@@ -5,13 +5,8 @@ The leader (`lemur serve --nnodes N --node-rank 0`) runs the gateway, the
 engine core and its own ranks; a worker node (`--node-rank K --headless`)
 runs only its ranks, which take their work from the leader. Both come from
 one command line, so the engine settings (LoRA, dtype, parallel sizes) cannot
-differ between them.
-
-vLLM's own headless worker outlives a dead leader (vllm#32136): its ranks
-wait for work for ever. Here the worker watches the leader's rendezvous
-port (the TCP store rank 0 holds for the job's lifetime) and exits 1 once
-the leader is gone, reaping its ranks, so that a supervisor restarts the
-group.
+differ between them. A worker node exits 1 once its leader is gone
+(nodes.py: LeaderWatch), reaping its ranks.
 """
 
 from __future__ import annotations
@@ -20,8 +15,6 @@ import logging
 import multiprocessing.connection
 import os
 import signal
-import socket
-import threading
 import time
 from types import FrameType
 
@@ -33,12 +26,14 @@ from vllm.v1.executor.multiproc_executor import MultiprocExecutor
 
 from lemur.hardware.cpu import allowed_cpus, explicit_binding, numa_nodes, thread_binding
 from lemur.hardware.network import node_environment
-from lemur.server.engine.death import EngineDeath
+from lemur.server.engine.nodes import Layout, LeaderLost, LeaderWatch, raise_leader_lost
 
 logger = logging.getLogger("lemur.node")
 THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
-LEADER_PROBE_S = 2.0  # how often a worker node looks for its leader
-LEADER_MISSES = 3  # probes in a row that must fail before the leader counts as gone
+
+
+def layout(parallel: ParallelConfig) -> Layout:
+    return Layout(parallel.nnodes, parallel.world_size, f"{parallel.master_addr}:{parallel.master_port}")
 
 
 def local_ranks(args: AsyncEngineArgs) -> int:
@@ -75,63 +70,6 @@ def _bind_cpu_ranks(ranks: int, several_nodes: bool) -> None:
     logger.info("%d CPU ranks on this node: %s=%s", ranks, THREADS_BIND_ENV, value)
 
 
-def lost_nodes(parallel: ParallelConfig, timeout: float, exc: BaseException) -> EngineDeath:
-    """The death of a model whose remote ranks did not answer (the leader's
-    own are alive, or vLLM would have said so): which nodes and ranks."""
-    per_node = parallel.world_size // parallel.nnodes
-    first, last = per_node, parallel.world_size - 1
-    ranks = f"rank {first}" if first == last else f"ranks {first}-{last}"
-    nodes = "node 1" if parallel.nnodes == 2 else f"one of nodes 1-{parallel.nnodes - 1}"
-    why = "timed out" if isinstance(exc, TimeoutError) else f"failed: {exc}"
-    hint = (
-        f"its health check {why} after {timeout:.0f}s: the node died, froze or lost its network; "
-        f"leader at {parallel.master_addr}:{parallel.master_port} (see that node's log)"
-    )
-    return EngineDeath(f"worker {nodes} ({ranks})", None, hint)
-
-
-class LeaderLost(Exception):
-    """The leader's rendezvous port stopped answering."""
-
-
-class LeaderWatch(threading.Thread):
-    """Connects to the leader's rendezvous port every LEADER_PROBE_S; once the
-    leader has been seen, LEADER_MISSES failures in a row mean it is gone,
-    and the main thread gets SIGUSR1 (it may be blocked in vLLM's start-up)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(name="LeaderWatch", daemon=True)
-        self.address = (host, port)
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(self.address, timeout=LEADER_PROBE_S):
-                return True
-        except OSError:
-            return False
-
-    def run(self) -> None:
-        seen, misses = False, 0
-        while not self._stop.wait(LEADER_PROBE_S):
-            if self._answers():
-                seen, misses = True, 0
-            elif seen:
-                misses += 1
-                if misses >= LEADER_MISSES:
-                    self.lost.set()
-                    os.kill(os.getpid(), signal.SIGUSR1)
-                    return
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def _raise_leader_lost(signum: int, frame: FrameType | None) -> None:
-    raise LeaderLost
-
-
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)  # a supervisor stopping the node: not a failure
 
@@ -144,7 +82,7 @@ def run_worker_node(args: AsyncEngineArgs) -> int:
     prepare_node(args)
     config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER, headless=True)
     watch = LeaderWatch(args.master_addr, args.master_port)
-    signal.signal(signal.SIGUSR1, _raise_leader_lost)
+    signal.signal(signal.SIGUSR1, raise_leader_lost)
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGINT, _raise_exit)
     logger.info(
