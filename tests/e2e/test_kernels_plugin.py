@@ -60,16 +60,35 @@ async def complete_all(url: str, model: str, prompts: list[str]) -> list[tuple]:
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
-def greedy_runs(checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str]) -> tuple[list, str]:
+# The interpreter runs every kernel in Python, slowly: it gets the cases that
+# exercise them all (short and chunked prompts, the prefix cache, a batch
+# mixing prefill and decode); the torch twins get every prompt.
+INTERPRETED = ([0, 3], 4)  # PROMPTS by index, and the first N of CONCURRENT
+
+
+def greedy_runs(
+    checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str], subset: tuple[list[int], int] | None = None
+) -> tuple[list, str]:
+    """Greedy results for PROMPTS, LONG twice (the second from the prefix
+    cache) and CONCURRENT at once, or for `subset` of them; and the log."""
+    prompts, concurrent = (
+        (PROMPTS, CONCURRENT) if subset is None else ([PROMPTS[i] for i in subset[0]], CONCURRENT[: subset[1]])
+    )
     server = start_server(checkpoint, log_path, [*SERVER_FLAGS, *extra], env=env)
     try:
         client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=300)
         model = client.models.list().data[0].id
-        runs = [complete(client, model, p) for p in [*PROMPTS, LONG, LONG]]  # the second LONG: prefix cache
-        runs += asyncio.run(complete_all(server.url("/v1"), model, CONCURRENT))
+        runs = [complete(client, model, p) for p in [*prompts, LONG, LONG]]
+        runs += asyncio.run(complete_all(server.url("/v1"), model, concurrent))
     finally:
         stop_server(server)
     return runs, log_path.read_text(errors="replace")
+
+
+def _subset(runs: list, subset: tuple[list[int], int]) -> list:
+    """The baseline's results for the same subset, in greedy_runs' order."""
+    n = len(PROMPTS)
+    return [runs[i] for i in subset[0]] + runs[n : n + 2] + runs[n + 2 : n + 2 + subset[1]]
 
 
 def test_plugin_keeps_greedy_outputs(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -78,15 +97,17 @@ def test_plugin_keeps_greedy_outputs(tiny_checkpoint: Path, tmp_path: Path) -> N
     assert all(len(tokens) == 32 for tokens, _, _ in baseline)
 
     variants = {
-        "triton-interpreter": {"TRITON_INTERPRET": "1"},
-        "torch": {},  # a CPU without the interpreter: the torch twins, no error
+        "triton-interpreter": ({"TRITON_INTERPRET": "1"}, INTERPRETED),
+        "torch": ({}, None),  # a CPU without the interpreter: the torch twins, no error
     }
-    for backend, env in variants.items():
-        runs, log = greedy_runs(tiny_checkpoint, tmp_path / f"{backend}.log", ["--kernels", "triton"], env)
+    for backend, (env, subset) in variants.items():
+        log_path = tmp_path / f"{backend}.log"
+        runs, log = greedy_runs(tiny_checkpoint, log_path, ["--kernels", "triton"], env, subset)
+        expected = baseline if subset is None else _subset(baseline, subset)
         for op in OPS:
             assert f"lemur kernels: {op} runs on {backend} (torch.float32)" in log, f"{op} not swapped in ({backend})"
         assert f"lemur kernels: attention backend LEMUR runs on {backend} (torch.float32)" in log, backend
-        for (tokens, logprobs, finish), (base_tokens, base_logprobs, base_finish) in zip(runs, baseline, strict=True):
+        for (tokens, logprobs, finish), (base_tokens, base_logprobs, base_finish) in zip(runs, expected, strict=True):
             assert tokens == base_tokens, backend
             assert finish == base_finish
             assert max(abs(a - b) for a, b in zip(logprobs, base_logprobs, strict=True)) < 1e-4
