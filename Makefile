@@ -77,10 +77,10 @@ test: install browser postgres agents
 	$(BIN)/pytest -q -m "not engine" -n auto
 	$(BIN)/pytest -q -m engine
 
-# The fast loop: every test that starts no vLLM engine, on every core.
+# The fast loop: every test that starts no vLLM engine and is not slow, on every core.
 test-fast: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not engine" -n auto
+	$(BIN)/pytest -q -m "not engine and not slow" -n auto
 
 # The floor plan (pyproject's [tool.importlinter]) on the installed layout.
 layers: install

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -18,6 +20,7 @@ def compiler_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # compiles every kernel for two GPUs: in `make test`, not the fast loop
 def test_all_kernels_compile_for_sm80_and_sm90(tmp_path: Path) -> None:
     from lemur.kernels.aot import lemur_70b_specs
 

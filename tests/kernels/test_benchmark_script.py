@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # several seconds in subprocesses: `make test`, not the fast loop
 def test_kernel_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "kernels.json"
     proc = subprocess.run([sys.executable, "benchmarks/kernels.py", "--smoke", "--out", str(out)], cwd=REPO,

@@ -184,6 +184,7 @@ def assert_same_losses(one: Path, two: Path, steps: int, tolerance: float = 1e-4
         assert abs(a[step] - b[step]) <= tolerance, (step, a[step], b[step])
 
 
+@pytest.mark.slow  # several processes: in `make test`, not the fast loop
 @pytest.mark.parametrize(("strategy", "accum"), [("ddp", 1), ("fsdp", 1), ("ddp", 2)])
 def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path, strategy: str, accum: int) -> None:
     """Two ranks of micro-batch 2 // accum, accumulating `accum` micro-batches
@@ -319,6 +320,7 @@ def test_merged_adapter_equals_the_peft_model(lora_run, tmp_path: Path) -> None:
     assert len(gen["eos_token_id"]) == 2  # exported like any Lemur-chat checkpoint
 
 
+@pytest.mark.slow  # two runs and a resume, ~20 s: in `make test`, not the fast loop
 def test_lora_resume_is_exact(micro_run, tmp_path: Path) -> None:
     from lemur.training.recipe import run_sft
 
@@ -336,6 +338,7 @@ def test_lora_resume_is_exact(micro_run, tmp_path: Path) -> None:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
 
 
+@pytest.mark.slow  # several processes: in `make test`, not the fast loop
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_process_lora_sft_matches_one_process(micro_run, tmp_path: Path, strategy: str) -> None:
     """LoRA on a frozen base under torchrun: two ranks of micro-batch 2 equal

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lemur.hardware import cpu
 from tests.conftest import REPO
 
@@ -18,6 +20,7 @@ def lemur_env(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow  # several seconds in subprocesses: `make test`, not the fast loop
 def test_env_json_for_a_model(tiny_checkpoint: Path) -> None:
     out = lemur_env("--json", "--model", str(tiny_checkpoint), "-tp", "2", env={"VLLM_CPU_KVCACHE_SPACE": "2"})
     assert out.returncode == 0, out.stderr
@@ -42,6 +45,7 @@ def test_env_json_for_a_model(tiny_checkpoint: Path) -> None:
     assert s["threads_bind"] == (binding.value if binding else "auto")
 
 
+@pytest.mark.slow  # several seconds in subprocesses: `make test`, not the fast loop
 def test_env_text_with_float32_and_default_budget(tiny_checkpoint: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
     cmd = [sys.executable, "-m", "lemur", "env", "--model", str(tiny_checkpoint), "--dtype", "float32"]

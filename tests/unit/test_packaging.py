@@ -37,6 +37,7 @@ print(callable(kernels.get_kernel), md.version("kernels"), is_kernels_available(
 """
 
 
+@pytest.mark.slow  # several seconds in subprocesses: `make test`, not the fast loop
 def test_the_wheel_adds_one_import_name_and_installs_beside_hf_kernels(tmp_path: Path) -> None:
     """Our wheel holds `lemur` and nothing else at the top; installed with
     Hugging Face's `kernels` (which transformers and vLLM probe for by that
