@@ -85,11 +85,9 @@ def run_worker_node(args: AsyncEngineArgs) -> int:
     signal.signal(signal.SIGUSR1, raise_leader_lost)
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGINT, _raise_exit)
-    logger.info(
-        "worker node %d of %d: ranks of TP %d x PP %d, leader at %s:%d",
-        args.node_rank, args.nnodes, args.tensor_parallel_size, args.pipeline_parallel_size,
-        args.master_addr, args.master_port,
-    )  # fmt: skip
+    sizes = f"TP {args.tensor_parallel_size} x PP {args.pipeline_parallel_size}"
+    leader = f"{args.master_addr}:{args.master_port}"
+    logger.info("worker node %d of %d: ranks of %s, leader at %s", args.node_rank, args.nnodes, sizes, leader)
     watch.start()
     executor: MultiprocExecutor | None = None
     try:
