@@ -163,6 +163,12 @@ class GatewayConfig:
         OBSERVE,
         negate=True,
     )
+    engine_metrics_max_age: float = flag(
+        0.5,
+        "seconds vLLM's own series may be reused between /metrics scrapes (an endpoint picker scrapes 20 times "
+        "a second); the gateway's series and lemur:num_requests_pending are always fresh; 0: never reused",
+        OBSERVE,
+    )
     warmup: bool = flag(True, "be ready without serving a warm-up request", OBSERVE, negate=True)
     # Read from vLLM's own flags: the names clients may use in `model` (the
     # first is the one /v1/models lists), its log level, and its

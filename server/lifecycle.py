@@ -25,6 +25,7 @@ from lemur.server.serving.context import ServingContext
 logger = logging.getLogger("lemur.lifecycle")
 
 ENGINE_POLL_S = 0.5
+DEATH_503_S = 1.0  # after the engine died, /health answers 503 at least this long before the exit
 # A model spanning nodes: how often every rank is asked whether it is alive,
 # and how long it has to answer. A dead or frozen node is found within their
 # sum; the process then exits 1 (watch_engine), well inside 15 s.
@@ -55,10 +56,14 @@ async def watch_engine(ctx: ServingContext, on_dead: Callable[[], None]) -> None
         await asyncio.sleep(ENGINE_POLL_S)
     ctx.state.draining = True
     ctx.admission.start_draining()
+    died = asyncio.get_running_loop().time()
     try:
         await report_death(ctx)
     finally:  # whatever the report met, the process must still exit
         await ctx.admission.wait_idle(ABORT_GRACE_S)
+        # Probes and load balancers see the 503s a while rather than a port
+        # that is simply gone (an idle death would otherwise close it at once).
+        await asyncio.sleep(max(0.0, DEATH_503_S - (asyncio.get_running_loop().time() - died)))
         on_dead()
 
 

@@ -3,6 +3,14 @@
 Each app owns a registry (several apps can live in one test process); /metrics
 exports it together with the process-wide default registry, where vLLM's own
 engine metrics (`vllm:num_requests_running`, KV-cache use, ...) live.
+
+An endpoint picker (the Gateway API Inference Extension's) scrapes every
+replica 20 times a second. vLLM's series are most of a render's cost (2.5 of
+4.5 ms on the tiny model), so they are reused for `engine_max_age` seconds;
+the gateway's own series are always fresh, and so is the queue depth the
+picker routes by, `lemur:num_requests_pending`: the gateway's admission queue
+plus vLLM's waiting queue (requests in the first are invisible to vLLM's own
+`vllm:num_requests_waiting`).
 """
 
 from __future__ import annotations
@@ -49,8 +57,14 @@ _LATENCY_BUCKETS = (
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 
+VLLM_WAITING = "vllm:num_requests_waiting"
+
+
 class Metrics:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, engine_max_age: float = 0.0, engine: CollectorRegistry = REGISTRY) -> None:
+        """`engine`: where vLLM's series live (the process default registry)."""
+        self.engine, self.engine_max_age = engine, engine_max_age
+        self._engine_render: tuple[float, bytes] | None = None  # (when, text)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         labels = ["model_name"]
@@ -96,7 +110,16 @@ class Metrics:
         )
         # Requests the gateway holds before they reach the engine (--max-concurrent-requests
         # reached): invisible to vLLM's own queue, so autoscalers need it too.
-        self.queued = Gauge("lemur:num_requests_queued", "Requests queued in the gateway for a slot.", registry=r)
+        # What a picker reads at every scrape: rendered fresh, apart from the rest.
+        self.live = CollectorRegistry(auto_describe=True)
+        self.queued = Gauge(
+            "lemur:num_requests_queued", "Requests queued in the gateway for a slot.", registry=self.live
+        )
+        self.pending = Gauge(
+            "lemur:num_requests_pending",
+            "Requests not started on this replica: the gateway's admission queue plus vLLM's waiting queue.",
+            registry=self.live,
+        )
         self.slow_clients = Counter(
             "lemur:slow_clients",
             "Streams cut because the client stopped reading (--stream-write-timeout).",
@@ -153,8 +176,15 @@ class Metrics:
         self.grammar_cache_bytes.set_function(lambda: float(size()))
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
-        """`lemur:num_requests_queued` reads the admission queue's depth at each scrape."""
+        """`lemur:num_requests_queued` reads the admission queue's depth at each
+        scrape, and `lemur:num_requests_pending` adds vLLM's waiting queue."""
         self.queued.set_function(lambda: float(depth()))
+        self.pending.set_function(lambda: float(depth()) + self.engine_waiting())
+
+    def engine_waiting(self) -> float:
+        """vLLM's `vllm:num_requests_waiting` over its engines; 0 without vLLM."""
+        families = self.engine.restricted_registry([VLLM_WAITING]).collect()
+        return sum(sample.value for family in families for sample in family.samples if sample.name == VLLM_WAITING)
 
     def track(self, prompt_tokens: int, key: str = "anonymous", model: str | None = None) -> RequestTracker:
         """`model`: the base's name (default) or an adapter's, the `model_name` label."""
@@ -162,26 +192,34 @@ class Metrics:
 
     def render(self, with_keys: bool) -> bytes:
         """Everything, with the per-key series only if `with_keys`: an open
-        /metrics would otherwise name every key and its traffic to anyone."""
+        /metrics would otherwise name every key and its traffic to anyone.
+        vLLM's series are at most `engine_max_age` seconds old."""
         keys = generate_latest(self.key_registry) if with_keys else b""
-        return generate_latest(self.registry) + keys + generate_latest(REGISTRY)
+        return generate_latest(self.live) + generate_latest(self.registry) + keys + self._engine_series()
+
+    def _engine_series(self) -> bytes:
+        now = time.monotonic()
+        cached = self._engine_render
+        if cached is None or now - cached[0] >= self.engine_max_age:
+            cached = self._engine_render = (now, generate_latest(self.engine))
+        return cached[1]
 
     def serve_apart(self, host: str, port: int) -> None:
         """/metrics on a listener of its own (a daemon thread), for the
-        operator's network: all series, the per-key ones too."""
-        start_http_server(port, addr=host, registry=_All((self.registry, self.key_registry)))
+        operator's network: all series, the per-key ones too, all fresh."""
+        start_http_server(port, addr=host, registry=_All((self.live, self.registry, self.key_registry), self.engine))
 
 
 class _All(Collector):
     """The gateway's registries and vLLM's (the process default) as one."""
 
-    def __init__(self, ours: tuple[CollectorRegistry, ...]) -> None:
-        self.ours = ours
+    def __init__(self, ours: tuple[CollectorRegistry, ...], engine: CollectorRegistry) -> None:
+        self.ours, self.engine = ours, engine
 
     def collect(self) -> Iterable[Metric]:
         for registry in self.ours:
             yield from registry.collect()
-        yield from REGISTRY.collect()
+        yield from self.engine.collect()
 
 
 @dataclass

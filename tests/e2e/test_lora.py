@@ -23,6 +23,7 @@ from lemur.training.distributed import Dist
 from lemur.training.sft_style import STYLE_PREFIX
 from tests.conftest import API_KEY, LiveServer, start_server, stop_server
 from tests.support.lora import forge_weights, make_adapter, tiny_llama_config
+from tests.support.picker import LORA_INFO, missing
 
 pytestmark = pytest.mark.e2e
 
@@ -239,6 +240,12 @@ def test_adapter_requests_are_labelled_in_metrics_and_logs(lora_server: LiveServ
     lines = [json.loads(x) for x in lora_server.log_path.read_text().splitlines() if x.startswith("{")]
     access = [x for x in lines if x.get("logger") == "lemur.access" and x.get("route") == "/v1/chat/completions"]
     assert {"handmade", "house-style"} <= {x.get("model") for x in access}
+
+
+def test_the_picker_sees_the_adapters(lora_server: LiveServer) -> None:
+    """vllm:lora_requests_info with the labels the endpoint picker routes adapters by."""
+    text = httpx.get(lora_server.url("/metrics"), timeout=10).text
+    assert missing(text, dict([LORA_INFO])) == []
 
 
 def test_runtime_loading_is_off_by_default(server: LiveServer) -> None:
