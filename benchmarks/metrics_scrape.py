@@ -4,7 +4,8 @@ the tiny checkpoint), with vLLM's series rendered at every scrape
 (`--engine-metrics-max-age 0`) and reused for the default 0.5 s, side by side.
 
 The figure is the gateway process's CPU time per scrape (the engine core is
-another process), idle and while streams run, from /proc.
+another process), from /proc: the CPU with scrapes less the CPU without, idle
+and while one stream after another runs (that one is noisier).
 
     .venv/bin/python benchmarks/metrics_scrape.py
 """
@@ -39,8 +40,8 @@ def scrape_cost(base_url: str, pid: int, seconds: float) -> float:
         return (cpu_seconds(pid) - c0) / count * 1e3
 
 
-def idle_cost(base_url: str, pid: int, seconds: float) -> float:
-    """ms of the gateway's CPU per SCRAPE_EVERY_S with nobody scraping (the baseline)."""
+def baseline(pid: int, seconds: float) -> float:
+    """ms of the gateway's CPU per SCRAPE_EVERY_S with nobody scraping."""
     c0 = cpu_seconds(pid)
     time.sleep(seconds)
     return (cpu_seconds(pid) - c0) / (seconds / SCRAPE_EVERY_S) * 1e3
@@ -76,16 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, flags in SETTINGS.items():
         server = start(model, work / "server.log", ["--max-model-len", "512", *flags], None, None, 300)
         try:
-            pid, rows = server.process.pid, {"idle": [], "scraped idle": [], "scraped busy": []}
+            pid, rows = server.process.pid, {"idle": [], "busy": []}
             for _ in range(args.rounds):
-                rows["idle"].append(idle_cost(server.base_url, pid, args.seconds))
-                rows["scraped idle"].append(scrape_cost(server.base_url, pid, args.seconds))
+                # A scrape's cost: the CPU with scrapes less the CPU without, idle and under streams.
+                rows["idle"].append(scrape_cost(server.base_url, pid, args.seconds) - baseline(pid, args.seconds))
                 stop_at = threading.Event()
                 streams = with_streams(server.base_url, stop_at)
-                busy = scrape_cost(server.base_url, pid, args.seconds)
+                time.sleep(1)
+                busy = scrape_cost(server.base_url, pid, args.seconds) - baseline(pid, args.seconds)
                 stop_at.set()
                 streams.join()
-                rows["scraped busy"].append(busy)
+                rows["busy"].append(busy)
             results[name] = rows
         finally:
             stop(server)
