@@ -28,20 +28,20 @@ from gateway_revisions import PY, REPO, bench, cpu_seconds, pinned
 from lemur.server.live import LiveServer, free_port, wait_ready
 
 APIS = ("chat", "responses", "messages")
+# name -> (lemur bench flags, the figure compared, requests per run by engine:
+# the real one serves fewer per second, so it gets fewer).
 SCENARIOS = {
     "streaming 64 tokens, 128 streams": (
-        ["--concurrency", "128", "--num-requests", "512", "--output-len", "64"],
+        ["--concurrency", "128", "--output-len", "64"],
         "output_token_throughput",
+        {"mock": 512, "vllm": 256},
     ),
     "non-streaming, max_tokens 1, 32 in flight": (
-        ["--no-stream", "--concurrency", "32", "--num-requests", "2000", "--output-len", "1"],
+        ["--no-stream", "--concurrency", "32", "--output-len", "1"],
         "request_throughput",
+        {"mock": 2000, "vllm": 400},
     ),
 }
-
-
-# The real engine serves fewer requests per second: fewer of them per run.
-REAL_ENGINE_REQUESTS = {"512": "256", "2000": "400"}
 
 
 def start(model: Path, log: Path, cpu: int | None, engine: str) -> tuple[subprocess.Popen, int]:
@@ -74,14 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     figures = {s: {api: [] for api in APIS} for s in SCENARIOS}
     cpu = {s: {api: [] for api in APIS} for s in SCENARIOS}
     proc, port = start(model, work / "server.log", server_cpu, args.engine)
-    scenarios = SCENARIOS
-    if args.engine == "vllm":
-        scenarios = {name: ([REAL_ENGINE_REQUESTS.get(a, a) for a in flags], figure)
-                     for name, (flags, figure) in SCENARIOS.items()}  # fmt: skip
     try:
         for r in range(args.rounds):
             for api in APIS if r % 2 == 0 else APIS[::-1]:
-                for scenario, (bench_args, figure) in scenarios.items():
+                for scenario, (flags, figure, requests) in SCENARIOS.items():
+                    bench_args = [*flags, "--num-requests", str(requests[args.engine])]
                     before = cpu_seconds(proc.pid)
                     report = bench(port, model, [*bench_args, "--endpoint", api], work / f"{api}.json", client_cpu)
                     cpu_us = (cpu_seconds(proc.pid) - before) / report["completed"] * 1e6
@@ -92,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(timeout=60)
     summary: dict[str, dict] = {}
-    for scenario, (_, figure) in SCENARIOS.items():
+    for scenario, (_, figure, _) in SCENARIOS.items():
         chat = statistics.median(figures[scenario]["chat"])
         rows = {}
         for api in APIS:

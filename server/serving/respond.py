@@ -198,17 +198,16 @@ async def _events(
             item = first
             while item is not None:
                 if isinstance(item, Heartbeat):
-                    yield pending + (answer.heartbeat or "")
-                    pending = ""
-                    item = await anext(outputs, None)
-                    continue
-                if first_output is not None:
-                    first_output()
-                    first_output = None
-                completion_tokens += len(item[1].token_ids)
-                if item[1].cached_tokens is not None:
-                    cached[item[0]] = item[1].cached_tokens
-                if text := answer.events(*item):
+                    text = answer.heartbeat or ""
+                else:
+                    if first_output is not None:
+                        first_output()
+                        first_output = None
+                    completion_tokens += len(item[1].token_ids)
+                    if item[1].cached_tokens is not None:
+                        cached[item[0]] = item[1].cached_tokens
+                    text = answer.events(*item)
+                if text:
                     yield pending + text
                     pending = ""
                 item = await anext(outputs, None)
