@@ -51,6 +51,17 @@ def _chat(server: LiveServer, max_tokens: int = 4) -> int:
     return httpx.post(server.url("/v1/chat/completions"), json=body, headers=AUTH, timeout=30).status_code
 
 
+# ~8 MB of events (20 top logprobs on each of 8 x 480 tokens): more than any socket buffers hold.
+LONG_STREAM = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20}
+
+
+def _never_reading() -> socket.socket:
+    """A client socket with a small window (it fills fast), for a client that never reads."""
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return reader
+
+
 def _raw_chat(body: str) -> bytes:
     """A whole chat request as bytes, for sockets that the tests drive by hand."""
     return (
@@ -112,23 +123,16 @@ def _metric(server: LiveServer, name: str) -> float:
 
 def test_a_stream_that_is_never_read_is_cut_and_its_slot_reused(guarded: LiveServer) -> None:
     cut_before = _metric(guarded, "lemur:slow_clients_total")
-    # ~8 MB of events (20 top logprobs on each of 8 x 480 tokens): more than any socket buffers hold.
-    stream = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20}
-    body = json.dumps({"messages": MESSAGES, **stream})
-    request = _raw_chat(body)
-    reader = socket.socket()
-    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills fast
-    reader.connect(("127.0.0.1", _port(guarded)))
-    reader.sendall(request)  # ... and never reads a byte of the answer
-    try:
+    request = _raw_chat(json.dumps({"messages": MESSAGES, **LONG_STREAM}))
+    with _never_reading() as reader:
+        reader.connect(("127.0.0.1", _port(guarded)))
+        reader.sendall(request)  # ... and never reads a byte of the answer
         time.sleep(0.5)
         # The one slot (--max-concurrent-requests 1) is taken: this request queues
         # until the stream above is cut, then runs.
         t0 = time.monotonic()
         assert _chat(guarded) == 200
         waited = time.monotonic() - t0
-    finally:
-        reader.close()
     # How long it waited is reported, not bounded: it is mostly how fast this
     # machine fills the socket buffers. The counter says the stream was cut.
     print(f"\n[write timeout] the queued request ran {waited:.1f}s later")
@@ -210,23 +214,28 @@ def test_a_partial_second_request_after_a_normal_one_meets_the_deadline(guarded:
 
 def test_pipelined_streams_both_finish_even_when_longer_than_the_deadline(guarded: LiveServer) -> None:
     """HTTP/1.1 pipelining: the second request is wholly in while the first is
-    answered, so the read deadline must not cut its (long) stream."""
-    # 8 x 480 tokens with 20 alternatives each: several seconds of work here, so
-    # that the second stream outlasts the 2 s deadline on a faster machine too.
-    stream = {"max_tokens": 480, "n": 8, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20}
-    body = json.dumps({"messages": MESSAGES, **stream})
+    answered, so the read deadline must not cut the connection while the
+    second one waits for its slot and streams."""
+    # The second request's wait does not hang on how fast this machine computes:
+    # while the first stream runs, a client that never reads queues for the one
+    # slot (--max-concurrent-requests 1), ahead of the second request, and holds
+    # it until the write timeout (2 s, as long as the deadline) cuts its stream.
+    body = json.dumps({"messages": MESSAGES, **LONG_STREAM})
     request = _raw_chat(body)
     data, done_at = b"", []
-    with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=120) as s:
+    with socket.create_connection(("127.0.0.1", _port(guarded)), timeout=120) as s, _never_reading() as blocker:
         s.sendall(request + request + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = s.recv(65536)  # the first stream has the slot ...
+        blocker.connect(("127.0.0.1", _port(guarded)))
+        blocker.sendall(request)  # ... and this one queues behind it
         while chunk := s.recv(65536):
             data += chunk
             while data.count(b"data: [DONE]") > len(done_at):
                 done_at.append(time.monotonic())
     second = done_at[1] - done_at[0] if len(done_at) == 2 else 0.0
-    print(f"\n[pipelining] the second stream ran {second:.1f}s after the first ended")
+    print(f"\n[pipelining] the second stream ended {second:.1f}s after the first")
     assert data.count(b"data: [DONE]") == 2, data[-300:]  # both streams came back whole ...
-    assert second > DEADLINE_S  # ... though the second outlasted the read deadline
+    assert second > DEADLINE_S  # ... though the second was answered for longer than the read deadline
     assert data.count(b"HTTP/1.1 200") == 3 and data.rstrip().endswith(b'{"status":"ok"}')
 
 
