@@ -1,20 +1,17 @@
-"""deploy/kubernetes and deploy/compose: kustomize renders every overlay, the
-built-in kinds validate against Kubernetes' schemas, and probes, ports, drain
-times, scaling metric and scrape targets agree with the server's code.
+"""deploy/kubernetes and deploy/compose, for the single-node overlays: probes,
+ports, drain times, scaling metric and scrape targets agree with the
+server's code (schemas: test_crds.py; the multi-node overlays:
+test_deploy_scaling.py).
 
-kubernetes-validate ships schemas for built-in kinds only: the Prometheus
-Operator's ServiceMonitor and PrometheusRule (CRDs) are checked here by
-parsing them, field by field, not against a schema."""
+The Prometheus Operator's ServiceMonitor and PrometheusRule are checked here
+by parsing them, field by field, not against a schema."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from lemur.plan import plan
 from lemur.server.config import ABORT_GRACE_S, HTTP_CLOSE_GRACE_S
@@ -32,58 +29,15 @@ from tests.support.deploy import (
     flag_value,
     gateway_services,
     load_yaml,
+    render,
     routes,
     shutdown_timeout,
 )
-
-KUBECTL = shutil.which("kubectl")
-# The oldest release with the preStop sleep action on by default, and the newest
-# kubernetes-validate ships schemas for.
-K8S_VERSIONS = ("1.33", "1.37")
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
-BUILTIN_KINDS = {"Namespace", "ServiceAccount", "Service", "Deployment", "PodDisruptionBudget",
-                 "HorizontalPodAutoscaler", "NetworkPolicy", "PersistentVolumeClaim"}  # fmt: skip
-
-
-def render(overlay: str) -> list[dict[str, Any]]:
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed: cannot render the kustomize overlays")
-    out = subprocess.run([KUBECTL, "kustomize", str(K8S_DIR / "overlays" / overlay)], capture_output=True,
-                         text=True, timeout=60)  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, render(request.param)
-
-
-def test_builtin_kinds_validate_and_crds_are_the_known_ones(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    import kubernetes_validate
-
-    overlay, docs = rendered
-    builtin = [d for d in docs if (d["apiVersion"], d["kind"]) not in CRD_KINDS]
-    assert {d["kind"] for d in builtin} <= BUILTIN_KINDS, "a kind neither validated nor parsed below"
-    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"} <= {
-        d["kind"] for d in builtin
-    }
-    for version in K8S_VERSIONS:
-        for doc in builtin:
-            kubernetes_validate.validate(doc, version, strict=True)
-    # The CRDs have no schema in kubernetes-validate: they are checked by the tests below.
-    assert {(d["apiVersion"], d["kind"]) for d in docs if (d["apiVersion"], d["kind"]) in CRD_KINDS} == CRD_KINDS
-    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
-    assert len(namespaces) == 1 and None not in namespaces, f"{overlay}: one namespace for everything"
-
-
-def test_validation_catches_a_broken_manifest() -> None:
-    import kubernetes_validate
-
-    deployment = find(render("cpu-tiny"), "Deployment")
-    container(deployment)["ports"][0]["containerPort"] = "eight thousand"
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
 
 
 def test_probes_ports_and_service_match_the_server(rendered: tuple[str, list[dict[str, Any]]]) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +23,11 @@ COMPOSE_DIR = DEPLOY / "compose"
 K8S_DIR = DEPLOY / "kubernetes"
 DOCKERFILES = (REPO / "Dockerfile", DEPLOY / "docker" / "cpu.Dockerfile")
 ENTRYPOINT = DEPLOY / "docker" / "entrypoint.sh"
-OVERLAYS = ("cpu-tiny", "gpu-70b-tp4")
+OVERLAYS = ("cpu-tiny", "gpu-70b-tp4")  # one Deployment of single-node replicas
+# Every overlay: the single-node ones, a model across two nodes (LeaderWorkerSet),
+# routing by load (InferencePool), and training (TrainJob).
+ALL_OVERLAYS = (*OVERLAYS, "gpu-70b-2node", "routing", "train-70b")
+KUBECTL = shutil.which("kubectl")
 # Labels that Prometheus adds to every scraped series (target labels), not the server.
 TARGET_LABELS = {"instance", "job", "namespace", "pod", "service", "container", "endpoint"}
 
@@ -147,6 +154,16 @@ def compose() -> dict[str, Any]:
 
 def gateway_services(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in spec["services"].items() if name.startswith("lemur")}
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of one overlay, as documents."""
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed: cannot render the kustomize overlays")
+    out = subprocess.run([KUBECTL, "kustomize", str(K8S_DIR / "overlays" / overlay)], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:

@@ -1,21 +1,46 @@
-"""What the Gateway API Inference Extension's endpoint picker (EPP, v1.6)
-reads from a model server's /metrics with its default flags
-(`--total-queued-requests-metric` and the rest), and the queue depth the
-routing overlay points it at instead: series names, types and labels."""
+"""What the Gateway API Inference Extension's endpoint picker (EPP) reads
+from a model server's /metrics: the series its `core-metrics-extractor`
+takes for lemur pods in the routing overlay's EndpointPickerConfig, with
+the labels the picker reads from each (names, types and labels)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-# series -> the labels the picker reads from it
-PICKER_READS: dict[str, tuple[str, ...]] = {
-    "vllm:num_requests_waiting": (),  # --total-queued-requests-metric (default)
-    "vllm:num_requests_running": (),  # --total-running-requests-metric
-    "vllm:kv_cache_usage_perc": (),  # --kv-cache-usage-percentage-metric (0 to 1)
-    "vllm:cache_config_info": ("block_size", "num_gpu_blocks"),  # --cache-info-metric
-    "lemur:num_requests_pending": (),  # what the routing overlay sets as the queued-requests metric
+from tests.support.deploy import K8S_DIR
+
+PICKER_CONFIG = K8S_DIR / "overlays" / "routing" / "endpoint-picker.yaml"
+# The labels the picker reads from info-style series (its defaults: block_size and num_gpu_blocks).
+INFO_LABELS = {"cacheInfoSpec": ("block_size", "num_gpu_blocks"),
+               "loraSpec": ("running_lora_adapters", "waiting_lora_adapters", "max_lora")}  # fmt: skip
+LORA_INFO = ("vllm:lora_requests_info", INFO_LABELS["loraSpec"])
+# The picker's built-in engine config for vLLM pods (gateway-api-inference-extension
+# v1.5.0, pkg/epp/framework/plugins/datalayer/extractor/metrics/factories.go).
+VLLM_DEFAULT_READS: dict[str, tuple[str, ...]] = {
+    "vllm:num_requests_waiting": (),
+    "vllm:num_requests_running": (),
+    "vllm:kv_cache_usage_perc": (),  # 0 to 1
+    "vllm:cache_config_info": INFO_LABELS["cacheInfoSpec"],
 }
-LORA_INFO = ("vllm:lora_requests_info", ("running_lora_adapters", "waiting_lora_adapters", "max_lora"))
+
+
+def picker_config() -> dict[str, Any]:
+    (configmap,) = [d for d in yaml.safe_load_all(PICKER_CONFIG.read_text()) if d["kind"] == "ConfigMap"]
+    (text,) = configmap["data"].values()
+    return yaml.safe_load(text)
+
+
+def picker_reads(with_lora: bool = False) -> dict[str, tuple[str, ...]]:
+    """series -> the labels the picker reads from it, for the engine config of lemur pods
+    (LoRA's series only where the server serves adapters)."""
+    (extractor,) = [p for p in picker_config()["plugins"] if p["type"] == "core-metrics-extractor"]
+    params = extractor["parameters"]
+    (engine,) = [e for e in params["engineConfigs"] if e["name"] == params["defaultEngine"]]
+    specs = {k: v for k, v in engine.items() if k.endswith("Spec") and (with_lora or k != "loraSpec")}
+    return {series: INFO_LABELS.get(key, ()) for key, series in specs.items()}
 
 
 def missing(text: str, reads: dict[str, tuple[str, ...]]) -> list[str]:
