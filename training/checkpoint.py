@@ -3,6 +3,10 @@
 A checkpoint is written into a temporary directory, fsynced, renamed into
 place, and only then does the `latest` pointer (itself replaced atomically)
 name it. A crash at any point leaves the previous checkpoint as `latest`.
+
+Two layouts: `state.pt` (one process, or state gathered on rank 0), or a
+sharded checkpoint (training/sharded.py: every rank's shards, written with
+torch.distributed.checkpoint, plus `meta.pt` with the step and schedule).
 """
 
 from __future__ import annotations
@@ -23,16 +27,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+def staging_dir(ckpt_dir: Path, step: int, tag: str) -> Path:
+    """A fresh temporary directory for the checkpoint of `step` (`tag`: whose)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step-{step:08d}"
-    tmp = ckpt_dir / f".tmp-step-{step:08d}-{os.getpid()}"
+    tmp = ckpt_dir / f".tmp-step-{step:08d}-{tag}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
+    return tmp
+
+
+def write_synced(path: Path, obj: Any) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def commit(ckpt_dir: Path, tmp: Path, step: int, keep: int) -> Path:
+    """Move a fully written checkpoint into place, then point `latest` at it."""
+    final = ckpt_dir / f"step-{step:08d}"
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -45,6 +58,12 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int)
     _fsync_dir(ckpt_dir)
     _prune(ckpt_dir, keep, final.name)
     return final
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    tmp = staging_dir(ckpt_dir, step, str(os.getpid()))
+    write_synced(tmp / "state.pt", state)
+    return commit(ckpt_dir, tmp, step, keep)
 
 
 def _prune(ckpt_dir: Path, keep: int, latest: str) -> None:
@@ -61,7 +80,11 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     if not pointer.exists():
         return None
     path = ckpt_dir / pointer.read_text().strip()
-    return path if (path / "state.pt").exists() else None
+    return path if (path / "state.pt").exists() or is_sharded_checkpoint(path) else None
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (path / "meta.pt").exists()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -46,17 +46,30 @@ def init_distributed(cfg: DistributedConfig) -> Dist:
     return Dist(rank, world, local, device)
 
 
+def shard(model: torch.nn.Module, cfg: DistributedConfig) -> None:
+    """fully_shard on every decoder layer (found by class, so that a PEFT-wrapped
+    model shards the same way) and on the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]:
+        fully_shard(layer, reshard_after_forward=cfg.reshard_after_forward)
+    fully_shard(model, reshard_after_forward=cfg.reshard_after_forward)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def wrap_model(model: torch.nn.Module, cfg: DistributedConfig, d: Dist) -> torch.nn.Module:
+    if is_sharded(model):  # built sharded (training/sharded.py): already on its device
+        return model
     model.to(d.device)
     if not d.enabled:
         return model
     if cfg.strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        # The decoder layers, found by class so that a PEFT-wrapped model shards the same way.
-        for layer in [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]:
-            fully_shard(layer, reshard_after_forward=cfg.reshard_after_forward)
-        fully_shard(model, reshard_after_forward=cfg.reshard_after_forward)
+        shard(model, cfg)
         return model
     if cfg.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel

@@ -6,9 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from lemur.chat_format import LEMUR_CHATML_TEMPLATE
-from lemur.training.config import ModelConfig
+from lemur.training.config import DistributedConfig, ModelConfig
 from lemur.training.corpus import Document
+from lemur.training.distributed import Dist
 from lemur.training.tokenizer import add_lemur_tokens, resize_embeddings_mean, save_hf_tokenizer, train_bpe_tokenizer
+
+Sharding = tuple[DistributedConfig, Dist]  # how to shard a model built under FSDP
+
+
+def sharding_of(cfg: DistributedConfig, d: Dist) -> Sharding | None:
+    """FSDP across ranks: models are built sharded. Otherwise (one process, DDP) whole."""
+    return (cfg, d) if d.enabled and cfg.strategy == "fsdp" else None
 
 
 def build_tokenizer(cfg: ModelConfig, docs: list[Document], out_dir: Path):
@@ -32,10 +40,26 @@ def build_tokenizer(cfg: ModelConfig, docs: list[Document], out_dir: Path):
     return AutoTokenizer.from_pretrained(str(out_dir))
 
 
-def build_model(cfg: ModelConfig, tokenizer, seed: int):
+def local_model_dir(name: str) -> Path:
+    """A Hugging Face model as a local directory: a path, or a Hub id resolved
+    through the cache (downloaded if missing and the Hub is reachable)."""
+    if Path(name).is_dir():
+        return Path(name)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+
+def build_model(cfg: ModelConfig, tokenizer, seed: int, sharding: Sharding | None = None):
+    """`sharding` (FSDP under torchrun): a model continued from `init_from` is
+    built sharded, each rank reading only its shards (training/sharded.py)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if cfg.init_from and sharding is not None:
+        from lemur.training.sharded import build_sharded
+
+        return build_sharded(local_model_dir(cfg.init_from), len(tokenizer), *sharding)
     if cfg.init_from:
         model = LlamaForCausalLM.from_pretrained(cfg.init_from, torch_dtype=torch.float32)
         resize_embeddings_mean(model, len(tokenizer))
@@ -59,8 +83,12 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def load_model(path: Path):
+def load_model(path: Path, sharding: Sharding | None = None):
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoConfig, LlamaForCausalLM
 
+    if sharding is not None:
+        from lemur.training.sharded import build_sharded
+
+        return build_sharded(path, AutoConfig.from_pretrained(str(path)).vocab_size, *sharding)
     return LlamaForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)

@@ -25,7 +25,7 @@ from lemur.training.corpus import iter_documents
 from lemur.training.data import PackedDataset, build_pretrain_data
 from lemur.training.distributed import Dist, barrier, init_distributed
 from lemur.training.lora import attach_lora
-from lemur.training.modeling import build_model, build_tokenizer, load_model
+from lemur.training.modeling import build_model, build_tokenizer, load_model, sharding_of
 from lemur.training.plots import plot_loss_curve
 from lemur.training.sft_data import SftDataset, read_conversations, tokenize_conversation, write_sft_split
 from lemur.training.sft_demo import demo_conversations
@@ -70,7 +70,7 @@ def run_pretrain(cfg: RecipeConfig, run: Path, d: Dist, resume: bool = True, sto
     data_dir = run / "data" / "pretrain"
     train = PretrainBatches(PackedDataset(data_dir, "train"))
     heldout = PretrainBatches(PackedDataset(data_dir, "heldout"))
-    model = build_model(cfg.model, tokenizer, cfg.pretrain.seed)
+    model = build_model(cfg.model, tokenizer, cfg.pretrain.seed, sharding_of(cfg.distributed, d))
     out = run / "pretrain"
     result = train_phase(
         name="pretrain",
@@ -130,13 +130,14 @@ def prepare_sft(cfg: RecipeConfig, run: Path, tokenizer, d: Dist) -> Path:
     return sft_dir
 
 
-def _sft_model(cfg: RecipeConfig, init: Path):
-    """The base to fine-tune: all of it, or frozen under a fresh LoRA adapter."""
+def _sft_model(cfg: RecipeConfig, init: Path, d: Dist):
+    """The base to fine-tune: all of it (built sharded under FSDP), or frozen
+    under a fresh LoRA adapter (each rank loads the base)."""
     import torch
 
-    model = load_model(init)
     if not cfg.lora.enabled:
-        return model
+        return load_model(init, sharding_of(cfg.distributed, d))
+    model = load_model(init)
     torch.manual_seed(cfg.sft.seed)  # the adapter's A init
     return attach_lora(model, cfg.lora, init, cfg.sft.gradient_checkpointing)
 
@@ -158,7 +159,7 @@ def run_sft(
     phase = cfg.sft
     global_batch = phase.micro_batch_size * phase.grad_accum * d.world_size
     total = phase.max_steps or math.ceil(phase.epochs * len(train) / global_batch)
-    model = _sft_model(cfg, init)
+    model = _sft_model(cfg, init, d)
     out = run / "sft"
     result = train_phase(
         name="sft",

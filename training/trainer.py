@@ -33,10 +33,27 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lemur.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lemur.training.checkpoint import (
+    commit,
+    is_sharded_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    staging_dir,
+    write_synced,
+)
 from lemur.training.config import DistributedConfig, PhaseConfig
 from lemur.training.data import iter_index_batches
-from lemur.training.distributed import Dist, all_reduce_sum, all_reduce_tensor_sum, barrier, unwrap, wrap_model
+from lemur.training.distributed import (
+    Dist,
+    all_reduce_sum,
+    all_reduce_tensor_sum,
+    barrier,
+    is_sharded,
+    unwrap,
+    wrap_model,
+)
+from lemur.training.sharded import load_sharded, save_hf_sharded, save_sharded
 
 
 class BatchSource(Protocol):
@@ -263,25 +280,41 @@ def _restore(ckpt_dir: Path, model: torch.nn.Module, opt, sched, d: Dist) -> Pos
     found = latest_checkpoint(ckpt_dir)
     if found is None:
         return None
-    state = load_checkpoint(found)
-    _load_state_dicts(model, opt, state, d)
+    if is_sharded_checkpoint(found):
+        if not is_sharded(model):
+            raise RuntimeError(f"{found} is a sharded (FSDP) checkpoint: resume it with distributed.strategy='fsdp'")
+        state = torch.load(found / "meta.pt", map_location="cpu", weights_only=False)
+        load_sharded(found, model, opt)
+    else:
+        state = load_checkpoint(found)
+        _load_state_dicts(model, opt, state, d)
     sched.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return Position(state["step"], state["tokens"], state.get("initial_eval_loss"))
 
 
 def _checkpoint(ckpt_dir: Path, model: torch.nn.Module, opt, sched, pos: Position, cfg: PhaseConfig, d: Dist) -> None:
-    model_state, opt_state = _state_dicts(model, opt, d)  # collective under FSDP: every rank
+    meta = {
+        "step": pos.step,
+        "tokens": pos.tokens,
+        "scheduler": sched.state_dict(),
+        "rng": _rng_state(),
+        "initial_eval_loss": pos.initial_eval,
+    }
+    if is_sharded(model):  # every rank writes its own shards; nothing is gathered
+        if d.is_main:
+            staging_dir(ckpt_dir, pos.step, "sharded")
+        barrier(d)
+        tmp = ckpt_dir / f".tmp-step-{pos.step:08d}-sharded"
+        save_sharded(tmp, model, opt)
+        if d.is_main:
+            write_synced(tmp / "meta.pt", meta)
+            commit(ckpt_dir, tmp, pos.step, cfg.keep_checkpoints)
+        barrier(d)
+        return
+    model_state, opt_state = _state_dicts(model, opt, d)  # collective under DDP: every rank
     if d.is_main:
-        state = {
-            "step": pos.step,
-            "tokens": pos.tokens,
-            "model": model_state,
-            "optimizer": opt_state,
-            "scheduler": sched.state_dict(),
-            "rng": _rng_state(),
-            "initial_eval_loss": pos.initial_eval,
-        }
+        state = {**meta, "model": model_state, "optimizer": opt_state}
         save_checkpoint(ckpt_dir, pos.step, state, cfg.keep_checkpoints)
     barrier(d)
 
@@ -367,19 +400,25 @@ def train_phase(
 
 def save_pretrained_final(model: torch.nn.Module, tokenizer, path: Path, d: Dist) -> None:
     """Write the trained weights as a Hugging Face directory (collective under
-    FSDP). A PEFT model writes its adapter (adapter_config.json and
-    adapter_model.safetensors) and no tokenizer: the base's is the adapter's."""
+    FSDP: from the shards, never gathered). A PEFT model writes its adapter
+    (adapter_config.json and adapter_model.safetensors) and no tokenizer: the
+    base's is the adapter's."""
+    inner = unwrap(model)
+    peft = hasattr(inner, "peft_config")
+    if is_sharded(model) and not peft:
+        save_hf_sharded(model, tokenizer, path, d)
+        return
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        # An adapter is small: gathered on rank 0 (its frozen base is not).
         options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
         state = get_model_state_dict(model, options=options)
     else:
-        state = unwrap(model).state_dict()
+        state = inner.state_dict()
     if d.is_main:
         path.mkdir(parents=True, exist_ok=True)
-        inner = unwrap(model)
         inner.save_pretrained(str(path), state_dict=state, safe_serialization=True)
-        if not hasattr(inner, "peft_config"):
+        if not peft:
             tokenizer.save_pretrained(str(path))
     barrier(d)

@@ -1,13 +1,10 @@
 """The training module on a micro config: pipeline, masking, resume, data
-parallel, resizing, and the exported checkpoint in transformers and vLLM."""
+parallel, resizing, and the exported checkpoint in transformers (in vLLM and
+the sharded FSDP path at scale: test_sharded.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,26 +12,9 @@ import torch
 
 from lemur.chat_format import IM_END, LEMUR_ADDED_TOKENS
 from lemur.training.config import load_config
-from lemur.training.distributed import Dist
-from lemur.training.recipe import run_pretrain, run_recipe
+from lemur.training.recipe import run_pretrain
 from lemur.training.sft_data import IGNORE, tokenize_conversation
-
-REPO = Path(__file__).resolve().parents[2]
-MICRO = str(Path(__file__).with_name("micro.toml"))
-SINGLE = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-def metric_rows(path: Path, key: str) -> dict[int, float]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r[key] for r in rows if key in r}
-
-
-@pytest.fixture(scope="session")
-def micro_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    run = tmp_path_factory.mktemp("micro") / "run"
-    export = run.parent / "export"
-    summary = run_recipe(load_config(MICRO), run, export)
-    return run, export, summary
+from tests.support.training import MICRO, SINGLE, assert_same_losses, copy_prepared, metric_rows, run_two_ranks
 
 
 def test_pipeline_writes_everything(micro_run) -> None:
@@ -66,40 +46,6 @@ def test_export_is_a_lemur_chat_checkpoint(micro_run) -> None:
     assert tok.convert_tokens_to_ids(IM_END) in gen["eos_token_id"] and tok.eos_token_id in gen["eos_token_id"]
     rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert rendered == "<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-
-
-VLLM_GREEDY = """
-import json, sys
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
-prompts = json.loads(sys.argv[2])
-llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=128, seed=0)
-outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
-                    SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
-print("RESULT" + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
-"""
-
-
-@pytest.mark.engine
-def test_vllm_greedy_equals_transformers_greedy(micro_run) -> None:
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    _, export, _ = micro_run
-    tok = AutoTokenizer.from_pretrained(export)
-    model = LlamaForCausalLM.from_pretrained(export, torch_dtype=torch.float32).eval()
-    texts = ["def main():\n    ", "import os\n", "<|im_start|>user\nWhich module defines `Path`?<|im_end|>\n"]
-    prompts = [tok.encode(t) for t in texts]
-    expected = []
-    for ids in prompts:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        expected.append(out[0, len(ids) :].tolist())
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    proc = subprocess.run([sys.executable, "-c", VLLM_GREEDY, str(export), json.dumps(prompts)],
-                          capture_output=True, text=True, timeout=400, env=env, cwd=REPO)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    assert json.loads(line[len("RESULT") :]) == expected
 
 
 def test_sft_masking_is_assistant_only(micro_run) -> None:
@@ -143,18 +89,12 @@ def test_sft_masking_is_assistant_only(micro_run) -> None:
         tokenize_conversation([{"role": "robot", "content": "x"}], tok, 100)
 
 
-def _copy_prepared(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True)
-    shutil.copytree(src / "tokenizer", dst / "tokenizer")
-    shutil.copytree(src / "data" / "pretrain", dst / "data" / "pretrain")
-
-
 def test_resume_reaches_the_same_loss(micro_run, tmp_path: Path) -> None:
     run, _, _ = micro_run
     cfg = load_config(MICRO, ["pretrain.save_every=100"])
     whole, split = tmp_path / "whole", tmp_path / "split"
-    _copy_prepared(run, whole)
-    _copy_prepared(run, split)
+    copy_prepared(run, whole)
+    copy_prepared(run, split)
     run_pretrain(cfg, whole, SINGLE)
     stopped = run_pretrain(cfg, split, SINGLE, stop_after=3)
     assert stopped["steps"] == 3 and not (split / "pretrain" / "final").exists()
@@ -164,24 +104,6 @@ def test_resume_reaches_the_same_loss(micro_run, tmp_path: Path) -> None:
     assert sorted(b) == sorted(a) == list(range(1, 9))
     for step in range(1, 9):
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
-
-
-def run_two_ranks(command: list[str], overrides: list[str]) -> None:
-    """`lemur train COMMAND` on the micro preset under torchrun, 2 CPU ranks (gloo)."""
-    sets = [x for c in overrides for x in ("--set", c)]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd = [*launcher, "-m", "lemur.training.cli", *command, "--preset", MICRO, *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
-def assert_same_losses(one: Path, two: Path, steps: int, tolerance: float = 1e-4) -> None:
-    a = metric_rows(one / "metrics.jsonl", "loss")
-    b = metric_rows(two / "metrics.jsonl", "loss")
-    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
-    for step in a:
-        assert abs(a[step] - b[step]) <= tolerance, (step, a[step], b[step])
 
 
 @pytest.mark.slow  # several processes: in `make test`, not the fast loop
@@ -194,8 +116,8 @@ def test_two_process_data_parallel_matches_one_process(micro_run, tmp_path: Path
     common = ["pretrain.max_steps=4", "pretrain.save_every=100", "pretrain.eval_every=100",
               f"distributed.strategy={strategy!r}"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
-    _copy_prepared(run, one)
-    _copy_prepared(run, two)
+    copy_prepared(run, one)
+    copy_prepared(run, two)
     run_pretrain(load_config(MICRO, [*common, "pretrain.micro_batch_size=4"]), one, SINGLE)
     batching = [f"pretrain.micro_batch_size={2 // accum}", f"pretrain.grad_accum={accum}"]
     run_two_ranks(["pretrain", "--out", str(two)], [*common, *batching])
@@ -229,8 +151,8 @@ def test_gradient_checkpointing_gives_the_same_losses(micro_run, tmp_path: Path)
     run, _, _ = micro_run
     common = ["pretrain.max_steps=2", "pretrain.save_every=100", "pretrain.eval_every=100"]
     plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
-    _copy_prepared(run, plain)
-    _copy_prepared(run, ckpt)
+    copy_prepared(run, plain)
+    copy_prepared(run, ckpt)
     run_pretrain(load_config(MICRO, common), plain, SINGLE)
     run_pretrain(load_config(MICRO, [*common, "pretrain.gradient_checkpointing=true"]), ckpt, SINGLE)
     a = metric_rows(plain / "pretrain" / "metrics.jsonl", "loss")

@@ -1,0 +1,19 @@
+"""The micro run every training test starts from (one recipe run per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lemur.training.config import load_config
+from lemur.training.recipe import run_recipe
+from tests.support.training import MICRO
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    run = tmp_path_factory.mktemp("micro") / "run"
+    export = run.parent / "export"
+    summary = run_recipe(load_config(MICRO), run, export)
+    return run, export, summary
