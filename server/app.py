@@ -68,7 +68,7 @@ def build_context(config: GatewayConfig, engine: Engine, tokenizer: Tokenizer) -
     )
     keys = KeyStore.from_sources(config.api_key, config.api_keys_file)
     limiter = RateLimiter(config.rate_limit_rpm, config.rate_limit_tpm)
-    metrics = Metrics(names[0], config.engine_metrics_max_age)
+    metrics = Metrics(names[0], config.metrics_max_age)
     metrics.watch_queue(lambda: admission.waiting)
     pool = PreparePool(PREPARE_WORKERS, config.max_queued_requests, engine.info.max_model_len, config.grammar_timeout)
     adapters = AdapterRegistry(names, info.shapes, info.lora)

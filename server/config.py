@@ -163,10 +163,10 @@ class GatewayConfig:
         OBSERVE,
         negate=True,
     )
-    engine_metrics_max_age: float = flag(
+    metrics_max_age: float = flag(
         0.5,
-        "seconds vLLM's own series may be reused between /metrics scrapes (an endpoint picker scrapes 20 times "
-        "a second); the gateway's series and lemur:num_requests_pending are always fresh; 0: never reused",
+        "seconds a render of the series may be reused between /metrics scrapes (an endpoint picker scrapes 20 "
+        "times a second); the queue depth it routes by (lemur:num_requests_pending) is always fresh; 0: never",
         OBSERVE,
     )
     warmup: bool = flag(True, "be ready without serving a warm-up request", OBSERVE, negate=True)

@@ -5,12 +5,13 @@ exports it together with the process-wide default registry, where vLLM's own
 engine metrics (`vllm:num_requests_running`, KV-cache use, ...) live.
 
 An endpoint picker (the Gateway API Inference Extension's) scrapes every
-replica 20 times a second. vLLM's series are most of a render's cost (2.5 of
-4.5 ms on the tiny model), so they are reused for `engine_max_age` seconds;
-the gateway's own series are always fresh, and so is the queue depth the
-picker routes by, `lemur:num_requests_pending`: the gateway's admission queue
-plus vLLM's waiting queue (requests in the first are invisible to vLLM's own
-`vllm:num_requests_waiting`).
+replica 20 times a second. Rendering every series costs ~4 ms (vLLM's 2.5,
+the gateway's histograms most of the rest), so a render is reused for
+`max_age` seconds (0.5 s by default: Prometheus scrapes every 15 s). The
+queue depth the picker routes by is always fresh:
+`lemur:num_requests_pending`, the gateway's admission queue plus vLLM's
+waiting queue (requests in the first are invisible to vLLM's own
+`vllm:num_requests_waiting`), with `lemur:num_requests_queued`.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ VLLM_WAITING = "vllm:num_requests_waiting"
 
 
 class Metrics:
-    def __init__(self, model_name: str, engine_max_age: float = 0.0, engine: CollectorRegistry = REGISTRY) -> None:
-        """`engine`: where vLLM's series live (the process default registry)."""
-        self.engine, self.engine_max_age = engine, engine_max_age
-        self._engine_render: tuple[float, bytes] | None = None  # (when, text)
+    def __init__(self, model_name: str, max_age: float = 0.0, engine: CollectorRegistry = REGISTRY) -> None:
+        """`engine`: where vLLM's series live (the process default registry);
+        `max_age`: seconds a render of any series but the live ones may be reused."""
+        self.engine, self.max_age = engine, max_age
+        self._renders: dict[int, tuple[float, bytes]] = {}  # id(registry) -> (when, text)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         labels = ["model_name"]
@@ -193,15 +195,15 @@ class Metrics:
     def render(self, with_keys: bool) -> bytes:
         """Everything, with the per-key series only if `with_keys`: an open
         /metrics would otherwise name every key and its traffic to anyone.
-        vLLM's series are at most `engine_max_age` seconds old."""
-        keys = generate_latest(self.key_registry) if with_keys else b""
-        return generate_latest(self.live) + generate_latest(self.registry) + keys + self._engine_series()
+        The live gauges are read now; the rest is at most `max_age` seconds old."""
+        keys = self._reused(self.key_registry) if with_keys else b""
+        return generate_latest(self.live) + self._reused(self.registry) + keys + self._reused(self.engine)
 
-    def _engine_series(self) -> bytes:
+    def _reused(self, registry: CollectorRegistry) -> bytes:
         now = time.monotonic()
-        cached = self._engine_render
-        if cached is None or now - cached[0] >= self.engine_max_age:
-            cached = self._engine_render = (now, generate_latest(self.engine))
+        cached = self._renders.get(id(registry))
+        if cached is None or now - cached[0] >= self.max_age:
+            cached = self._renders[id(registry)] = (now, generate_latest(registry))
         return cached[1]
 
     def serve_apart(self, host: str, port: int) -> None:

@@ -26,9 +26,10 @@ API_KEY = "sk-lemur-test-key"
 SECOND_API_KEY = "sk-lemur-second-key"
 MAX_MODEL_LEN = 512
 PING_INTERVAL = 0.001  # seconds: --stream-ping-interval of the session server
-ENGINE_METRICS_MAX_AGE = 0.5  # seconds: the default --engine-metrics-max-age: vLLM's series may be this old
 MODEL_NAME = "lemur-tiny-chat-untrained"
-TEST_FLAGS = ("--max-model-len", str(MAX_MODEL_LEN))
+# Tests read counters right after their requests, so every scrape renders
+# (--metrics-max-age 0); the default reuse is tested in tests/unit/test_metrics_render.py.
+TEST_FLAGS = ("--max-model-len", str(MAX_MODEL_LEN), "--metrics-max-age", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,7 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ENGINE_METRICS_MAX_AGE, MAX_MODEL_LEN, MODEL_NAME
+from tests.conftest import MAX_MODEL_LEN, MODEL_NAME
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +35,7 @@ def assert_envelope(r: httpx.Response, status: int, code: str | None = None) -> 
 
 
 def metric(server, name: str, **labels: str) -> float:
-    """A series' value now: vLLM's (`vllm:`) are read once their cached render has aged out."""
-    if name.startswith("vllm:"):
-        time.sleep(ENGINE_METRICS_MAX_AGE + 0.05)
+    """A series' value now (test servers render every scrape: --metrics-max-age 0)."""
     text = httpx.get(server.url("/metrics")).text
     total = 0.0
     for family in text_string_to_metric_families(text):

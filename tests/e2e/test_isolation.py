@@ -5,12 +5,11 @@ CVE-2025-46570 class). Observed through vLLM's own prefix-cache counters."""
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, ENGINE_METRICS_MAX_AGE, SECOND_API_KEY, LiveServer
+from tests.conftest import API_KEY, SECOND_API_KEY, LiveServer
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +18,6 @@ SECRET_PROMPT = "The merger with Initech closes on March 3rd; tell nobody. " * 1
 
 
 def prefix_cache_hits(server: LiveServer) -> float:
-    time.sleep(ENGINE_METRICS_MAX_AGE + 0.05)  # vLLM's series are re-rendered once this old
     text = httpx.get(server.url("/metrics"), timeout=10).text
     return sum(float(v) for v in re.findall(r"^vllm:prefix_cache_hits_total(?:\{[^}]*\})? (\S+)$", text, re.M))
 

@@ -39,7 +39,8 @@ CONCURRENT = [f"{i}: " + "the lemur serves tokens " * (3 + 5 * i) for i in range
 SERVER_FLAGS = ["--api-key", API_KEY, "--dtype", "float32", "--max-num-batched-tokens", "64"]
 
 
-GREEDY = {"max_tokens": 32, "temperature": 0, "logprobs": 1, "extra_body": {"ignore_eos": True}}
+GREEDY = {"temperature": 0, "logprobs": 1, "extra_body": {"ignore_eos": True}}
+TOKENS = 32
 
 
 def result(reply) -> tuple:
@@ -47,54 +48,62 @@ def result(reply) -> tuple:
     return choice.logprobs.tokens, choice.logprobs.token_logprobs, choice.finish_reason
 
 
-def complete(client: openai.OpenAI, model: str, prompt: str) -> tuple:
-    return result(client.completions.create(model=model, prompt=prompt, **GREEDY))
+def complete(client: openai.OpenAI, model: str, prompt: str, tokens: int) -> tuple:
+    return result(client.completions.create(model=model, prompt=prompt, max_tokens=tokens, **GREEDY))
 
 
-async def complete_all(url: str, model: str, prompts: list[str]) -> list[tuple]:
+async def complete_all(url: str, model: str, prompts: list[str], tokens: int) -> list[tuple]:
     async with openai.AsyncOpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=300) as client:
 
         async def one(prompt: str) -> tuple:
-            return result(await client.completions.create(model=model, prompt=prompt, **GREEDY))
+            return result(await client.completions.create(model=model, prompt=prompt, max_tokens=tokens, **GREEDY))
 
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
 
 # The interpreter runs every kernel in Python, slowly: it gets the cases that
 # exercise them all (short and chunked prompts, the prefix cache, a batch
-# mixing prefill and decode); the torch twins get every prompt.
-INTERPRETED = ([0, 3], 4)  # PROMPTS by index, and the first N of CONCURRENT
+# mixing prefill and decode) with fewer decode steps; the torch twins get
+# every prompt.
+INTERPRETED = ([0, 3], 4, 8)  # PROMPTS by index, the first N of CONCURRENT, tokens each
+
+
+Subset = tuple[list[int], int, int]
 
 
 def greedy_runs(
-    checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str], subset: tuple[list[int], int] | None = None
+    checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str], subset: Subset | None = None
 ) -> tuple[list, str]:
     """Greedy results for PROMPTS, LONG twice (the second from the prefix
     cache) and CONCURRENT at once, or for `subset` of them; and the log."""
-    prompts, concurrent = (
-        (PROMPTS, CONCURRENT) if subset is None else ([PROMPTS[i] for i in subset[0]], CONCURRENT[: subset[1]])
+    prompts, concurrent, tokens = (
+        (PROMPTS, CONCURRENT, TOKENS)
+        if subset is None
+        else ([PROMPTS[i] for i in subset[0]], CONCURRENT[: subset[1]], subset[2])
     )
     server = start_server(checkpoint, log_path, [*SERVER_FLAGS, *extra], env=env)
     try:
         client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=300)
         model = client.models.list().data[0].id
-        runs = [complete(client, model, p) for p in [*prompts, LONG, LONG]]
-        runs += asyncio.run(complete_all(server.url("/v1"), model, concurrent))
+        runs = [complete(client, model, p, tokens) for p in [*prompts, LONG, LONG]]
+        runs += asyncio.run(complete_all(server.url("/v1"), model, concurrent, tokens))
     finally:
         stop_server(server)
     return runs, log_path.read_text(errors="replace")
 
 
-def _subset(runs: list, subset: tuple[list[int], int]) -> list:
-    """The baseline's results for the same subset, in greedy_runs' order."""
-    n = len(PROMPTS)
-    return [runs[i] for i in subset[0]] + runs[n : n + 2] + runs[n + 2 : n + 2 + subset[1]]
+def _subset(runs: list, subset: Subset) -> list:
+    """The baseline's results for the same subset, in greedy_runs' order, cut
+    to its tokens (greedy: the same first tokens, with the same logprobs)."""
+    n, tokens = len(PROMPTS), subset[2]
+    chosen = [runs[i] for i in subset[0]] + runs[n : n + 2] + runs[n + 2 : n + 2 + subset[1]]
+    return [(t[:tokens], lp[:tokens], finish) for t, lp, finish in chosen]
 
 
 def test_plugin_keeps_greedy_outputs(tiny_checkpoint: Path, tmp_path: Path) -> None:
     baseline, base_log = greedy_runs(tiny_checkpoint, tmp_path / "vllm-ops.log", [], {})
     assert "lemur kernels" not in base_log  # the plugin is installed but stays off by default
-    assert all(len(tokens) == 32 for tokens, _, _ in baseline)
+    assert all(len(tokens) == TOKENS for tokens, _, _ in baseline)
 
     variants = {
         "triton-interpreter": ({"TRITON_INTERPRET": "1"}, INTERPRETED),

@@ -1,6 +1,7 @@
-"""/metrics for an endpoint picker scraping 20 times a second: vLLM's series
-are reused for --engine-metrics-max-age, the gateway's own are always fresh,
-and so is lemur:num_requests_pending (the gateway's queue plus vLLM's)."""
+"""/metrics for an endpoint picker scraping 20 times a second: a render of
+the series (vLLM's and the gateway's) is reused for --metrics-max-age, while
+lemur:num_requests_pending (the gateway's queue plus vLLM's) and
+lemur:num_requests_queued are read at every scrape."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_pending_is_the_gateway_queue_plus_vllms_and_always_fresh() -> None:
     waiting.labels("0").set(3)
     waiting.labels("1").set(1)
     depth = [2]
-    metrics = Metrics("m", engine_max_age=3600, engine=registry)
+    metrics = Metrics("m", max_age=3600, engine=registry)
     metrics.watch_queue(lambda: depth[0])
     first = metrics.render(with_keys=False)
     assert _value(first, "lemur:num_requests_pending") == 6
@@ -37,19 +38,25 @@ def test_pending_is_the_gateway_queue_plus_vllms_and_always_fresh() -> None:
     assert _value(later, "lemur:num_requests_pending") == 6  # 5 + 0 + 1: read now
     assert _value(later, VLLM_WAITING) == 4  # vLLM's series: the cached render
     metrics.http_requests.labels("/v1/chat/completions", "POST", "200").inc()
-    assert _value(metrics.render(with_keys=False), "lemur:http_requests_total") == 1  # the gateway's: fresh
+    assert _value(metrics.render(with_keys=False), "lemur:http_requests_total") == 0  # the gateway's: cached too
+    metrics.key_requests.labels("main", "200").inc()
+    assert _value(metrics.render(with_keys=True), "lemur:key_requests_total") == 1  # first rendered now ...
+    metrics.key_requests.labels("main", "200").inc()
+    assert _value(metrics.render(with_keys=True), "lemur:key_requests_total") == 1  # ... then reused
 
 
-def test_vllms_series_age_out() -> None:
+def test_renders_age_out() -> None:
     registry, waiting = _engine()
     waiting.labels("0").set(1)
-    metrics = Metrics("m", engine_max_age=0.0, engine=registry)
+    metrics = Metrics("m", max_age=0.0, engine=registry)
     assert _value(metrics.render(with_keys=False), VLLM_WAITING) == 1
     waiting.labels("0").set(7)
-    assert _value(metrics.render(with_keys=False), VLLM_WAITING) == 7
+    metrics.http_requests.labels("/v1/chat/completions", "POST", "200").inc()
+    later = metrics.render(with_keys=False)
+    assert _value(later, VLLM_WAITING) == 7 and _value(later, "lemur:http_requests_total") == 1
 
 
 def test_without_vllm_pending_is_the_gateway_queue() -> None:
-    metrics = Metrics("m", engine_max_age=0.5, engine=CollectorRegistry())
+    metrics = Metrics("m", max_age=0.5, engine=CollectorRegistry())
     metrics.watch_queue(lambda: 4)
     assert _value(metrics.render(with_keys=False), "lemur:num_requests_pending") == 4
