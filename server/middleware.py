@@ -28,6 +28,7 @@ from lemur.server.playground import is_page_path
 from lemur.server.serving.context import Caller, ServingContext
 
 logger = logging.getLogger("lemur.access")
+QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})  # logged at DEBUG when they succeed
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
@@ -64,11 +65,16 @@ class RequestMiddleware:
                 metrics = ctx.metrics
                 metrics.child(metrics.http_requests, route, scope["method"], str(status)).inc()
                 metrics.child(metrics.key_requests, key, str(status)).inc()
-            duration_ms = round((time.perf_counter() - start) * 1000, 2)
-            extra = {"status": status, "route": route, "key": key, "duration_ms": duration_ms}
-            if model is not None:
-                extra["model"] = model
-            logger.info("%s %s %d", scope["method"], scope["path"], status, extra=extra)
+            # A picker's scrapes (20 a second) and the kubelet's probes that succeed
+            # are DEBUG lines: at INFO they would bury the log (and cost a scrape
+            # as much CPU again). A failing probe is an INFO line like any other.
+            level = logging.DEBUG if status < 400 and route in QUIET_ROUTES else logging.INFO
+            if logger.isEnabledFor(level):
+                duration_ms = round((time.perf_counter() - start) * 1000, 2)
+                extra = {"status": status, "route": route, "key": key, "duration_ms": duration_ms}
+                if model is not None:
+                    extra["model"] = model
+                logger.log(level, "%s %s %d", scope["method"], scope["path"], status, extra=extra)
             request_id_var.reset(token)
 
 

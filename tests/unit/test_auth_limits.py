@@ -116,6 +116,24 @@ def test_request_id_honoured_and_logs_hold_no_key(keyed_client: TestClient, capl
     assert not any(hasattr(r, "body") or hasattr(r, "response") for r in caplog.records)  # no prompts by default
 
 
+def test_successful_probes_and_scrapes_are_debug_lines(tiny_checkpoint: Path, keys_file: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """A picker scrapes 20 times a second: at INFO its lines would bury the log.
+    A refused scrape is an INFO line like any other request."""
+    fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053)
+    config = GatewayConfig(served_model_names=("tiny",), api_keys_file=keys_file, metrics_require_key=True)
+    with TestClient(create_app(config, lambda: fake)) as client:
+        caplog.set_level(logging.INFO, logger="lemur.access")
+        client.get("/health")
+        client.get("/metrics", headers={"Authorization": f"Bearer {BOB}"})
+        client.get("/metrics")  # 401
+        assert [r.getMessage() for r in caplog.records if r.name == "lemur.access"] == ["GET /metrics 401"]
+        caplog.set_level(logging.DEBUG, logger="lemur.access")
+        client.get("/ready")
+        last = [r for r in caplog.records if r.name == "lemur.access"][-1]
+        assert (last.levelno, last.route) == (logging.DEBUG, "/ready")
+
+
 def test_metrics_can_require_a_key(tiny_checkpoint: Path, keys_file: Path) -> None:
     fake = FakeEngine(str(tiny_checkpoint), vocab_size=2053)
     config = GatewayConfig(served_model_names=("tiny",), api_keys_file=keys_file, metrics_require_key=True)
