@@ -164,7 +164,7 @@ class GatewayConfig:
         negate=True,
     )
     metrics_max_age: float = flag(
-        0.5,
+        1.0,
         "seconds a render of the series may be reused between /metrics scrapes (an endpoint picker scrapes 20 "
         "times a second); the queue depth it routes by (lemur:num_requests_pending) is always fresh; 0: never",
         OBSERVE,

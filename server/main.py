@@ -307,6 +307,7 @@ def run(config: GatewayConfig, options: LaunchOptions, ns: argparse.Namespace, l
         host=config.host,
         port=config.port,
         log_level=config.log_level,
+        access_log=False,  # our middleware writes the access line (with the request id); uvicorn's repeated it
         timeout_keep_alive=30,
         timeout_graceful_shutdown=HTTP_CLOSE_GRACE_S,
         http=read_deadline_protocol(config.read_deadline),

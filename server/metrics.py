@@ -7,7 +7,7 @@ engine metrics (`vllm:num_requests_running`, KV-cache use, ...) live.
 An endpoint picker (the Gateway API Inference Extension's) scrapes every
 replica 20 times a second. Rendering every series costs ~4 ms (vLLM's 2.5,
 the gateway's histograms most of the rest), so a render is reused for
-`max_age` seconds (0.5 s by default: Prometheus scrapes every 15 s). The
+`max_age` seconds (1 s by default: Prometheus scrapes every 15 s). The
 queue depth the picker routes by is always fresh:
 `lemur:num_requests_pending`, the gateway's admission queue plus vLLM's
 waiting queue (requests in the first are invisible to vLLM's own

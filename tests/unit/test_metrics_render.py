@@ -1,11 +1,13 @@
-"""/metrics for an endpoint picker scraping 20 times a second: a render of
-the series (vLLM's and the gateway's) is reused for --metrics-max-age, while
-lemur:num_requests_pending (the gateway's queue plus vLLM's) and
-lemur:num_requests_queued are read at every scrape."""
+"""/metrics for an endpoint picker scraping 20 times a second: the queue it
+routes by is read at every scrape (lemur:num_requests_pending, the gateway's
+queue plus vLLM's, and lemur:num_requests_queued), and a render of every
+other series (vLLM's and the gateway's) is reused for --metrics-max-age."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from lemur.server.metrics import VLLM_WAITING, Metrics
@@ -16,29 +18,49 @@ def _value(text: bytes, name: str) -> float:
     return sum(s.value for f in families for s in f.samples if s.name == name)
 
 
-def _engine() -> tuple[CollectorRegistry, Gauge]:
-    """vLLM's registry as it looks: its waiting queue per engine."""
-    registry = CollectorRegistry()
-    return registry, Gauge(VLLM_WAITING, "Requests waiting in vLLM.", ["engine"], registry=registry)
+@dataclass
+class Engine:
+    """vLLM's registry as it looks: its waiting queue per engine, and a counter."""
+
+    registry: CollectorRegistry
+    waiting: Gauge
+    prompt_tokens: Counter
 
 
-def test_pending_is_the_gateway_queue_plus_vllms_and_always_fresh() -> None:
-    registry, waiting = _engine()
-    waiting.labels("0").set(3)
-    waiting.labels("1").set(1)
+def _engine() -> Engine:
+    r = CollectorRegistry()
+    return Engine(
+        r,
+        Gauge(VLLM_WAITING, "Requests waiting in vLLM.", ["engine"], registry=r),
+        Counter("vllm:prompt_tokens", "Prompt tokens.", ["engine"], registry=r),
+    )
+
+
+def test_the_queue_is_fresh_and_the_rest_reused() -> None:
+    engine = _engine()
+    engine.waiting.labels("0").set(3)
+    engine.waiting.labels("1").set(1)
+    engine.prompt_tokens.labels("0").inc(7)
     depth = [2]
-    metrics = Metrics("m", max_age=3600, engine=registry)
+    metrics = Metrics("m", max_age=3600, engine=engine.registry)
     metrics.watch_queue(lambda: depth[0])
     first = metrics.render(with_keys=False)
     assert _value(first, "lemur:num_requests_pending") == 6
     assert _value(first, "lemur:num_requests_queued") == 2
-    waiting.labels("0").set(0)
+    engine.waiting.labels("0").set(0)
+    engine.prompt_tokens.labels("0").inc(5)
     depth[0] = 5
+    metrics.http_requests.labels("/v1/chat/completions", "POST", "200").inc()
     later = metrics.render(with_keys=False)
     assert _value(later, "lemur:num_requests_pending") == 6  # 5 + 0 + 1: read now
-    assert _value(later, VLLM_WAITING) == 4  # vLLM's series: the cached render
-    metrics.http_requests.labels("/v1/chat/completions", "POST", "200").inc()
-    assert _value(metrics.render(with_keys=False), "lemur:http_requests_total") == 0  # the gateway's: cached too
+    assert _value(later, VLLM_WAITING) == 4 and _value(later, "vllm:prompt_tokens_total") == 7  # vLLM's: cached
+    assert _value(later, "lemur:http_requests_total") == 0  # the gateway's: cached too
+    names = [f.name for f in text_string_to_metric_families(later.decode())]
+    assert len(names) == len(set(names)), "a family rendered twice"
+
+
+def test_per_key_series_are_reused_too() -> None:
+    metrics = Metrics("m", max_age=3600, engine=CollectorRegistry())
     metrics.key_requests.labels("main", "200").inc()
     assert _value(metrics.render(with_keys=True), "lemur:key_requests_total") == 1  # first rendered now ...
     metrics.key_requests.labels("main", "200").inc()
@@ -46,14 +68,14 @@ def test_pending_is_the_gateway_queue_plus_vllms_and_always_fresh() -> None:
 
 
 def test_renders_age_out() -> None:
-    registry, waiting = _engine()
-    waiting.labels("0").set(1)
-    metrics = Metrics("m", max_age=0.0, engine=registry)
-    assert _value(metrics.render(with_keys=False), VLLM_WAITING) == 1
-    waiting.labels("0").set(7)
+    engine = _engine()
+    engine.prompt_tokens.labels("0").inc(1)
+    metrics = Metrics("m", max_age=0.0, engine=engine.registry)
+    assert _value(metrics.render(with_keys=False), "vllm:prompt_tokens_total") == 1
+    engine.prompt_tokens.labels("0").inc(6)
     metrics.http_requests.labels("/v1/chat/completions", "POST", "200").inc()
     later = metrics.render(with_keys=False)
-    assert _value(later, VLLM_WAITING) == 7 and _value(later, "lemur:http_requests_total") == 1
+    assert _value(later, "vllm:prompt_tokens_total") == 7 and _value(later, "lemur:http_requests_total") == 1
 
 
 def test_without_vllm_pending_is_the_gateway_queue() -> None:
