@@ -26,6 +26,8 @@ CUSTOM = {
     "cpu-tiny": MONITORING,
     "gpu-70b-tp4": MONITORING,
     "gpu-70b-2node": MONITORING | {("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")},
+    "gpu-70b-2node-keda": MONITORING
+    | {("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"), ("keda.sh/v1alpha1", "ScaledObject")},
     "routing": MONITORING
     | {("inference.networking.k8s.io/v1", "InferencePool"), ("gateway.networking.k8s.io/v1", "HTTPRoute")},
     "train-70b": {("trainer.kubeflow.org/v1alpha1", "TrainJob")},
@@ -87,7 +89,7 @@ def test_rules_that_need_a_stored_object_are_the_only_ones_skipped() -> None:
     """The CEL rules met by the overlays' resources: cel-python evaluates all of
     them but transition rules (self == oldSelf), which need the stored object."""
     held = 0
-    for overlay in ("routing", "train-70b"):
+    for overlay in ("routing", "train-70b", "gpu-70b-2node-keda"):
         for doc in (d for d in render(overlay) if _key(d) in crds()):
             report = cel_report(doc)
             held += len(report.held)
@@ -101,6 +103,7 @@ TYPOS = {
     ("routing", "InferencePool"): (("spec",), "targetPorts"),
     ("routing", "HTTPRoute"): (("spec",), "parentRefs"),
     ("train-70b", "TrainJob"): (("spec", "trainer"), "numProcPerNode"),
+    ("gpu-70b-2node-keda", "ScaledObject"): (("spec",), "maxReplicaCount"),
 }
 
 
@@ -126,3 +129,6 @@ def test_wrong_types_and_broken_rules_fail() -> None:
     job = copy.deepcopy(find(render("train-70b"), "TrainJob"))
     job["metadata"]["name"] = "Lemur_70B"  # CEL: a DNS label
     assert cel_report(job).broken
+    scaler = copy.deepcopy(find(render("gpu-70b-2node-keda"), "ScaledObject"))
+    scaler["spec"]["minReplicaCount"] = 3  # CEL: at most maxReplicaCount
+    assert schema_violations(scaler) == [] and cel_report(scaler).broken

@@ -28,6 +28,7 @@ from tests.support.deploy import (
     find,
     flag_value,
     gateway_services,
+    keda_queries,
     load_yaml,
     render,
     routes,
@@ -261,7 +262,7 @@ def test_every_promql_expression_parses() -> None:
     adapter = load_yaml(K8S_DIR / "prometheus-adapter-values.yaml")["rules"]["custom"]
     exprs = [q for q in dashboard_queries(dashboard) if not q.startswith("label_values(")]
     exprs += alert_exprs(load_yaml(COMPOSE_DIR / "prometheus" / "alerts.yml")["groups"])
-    exprs += [rule["seriesQuery"] for rule in adapter]
+    exprs += [rule["seriesQuery"] for rule in adapter] + keda_queries()
     adapter_fills = {"<<.Series>>": "lemur:num_requests_waiting", "<<.LabelMatchers>>": 'namespace="lemur"',
                      "<<.GroupBy>>": "pod"}  # fmt: skip
     for rule in adapter:

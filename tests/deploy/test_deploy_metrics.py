@@ -21,6 +21,7 @@ from tests.support.deploy import (
     TARGET_LABELS,
     alert_exprs,
     dashboard_queries,
+    keda_queries,
     load_yaml,
     promql_labels,
     promql_metrics,
@@ -45,6 +46,7 @@ def queries() -> dict[str, list[str]]:
         "dashboard": dashboard_queries(dashboard),
         "alerts": alert_exprs(load_yaml(COMPOSE_DIR / "prometheus" / "alerts.yml")["groups"]),
         "adapter": [q for rule in adapter["rules"]["custom"] for q in (rule["seriesQuery"], adapter_query(rule))],
+        "keda": keda_queries(),
     }
 
 

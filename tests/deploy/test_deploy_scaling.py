@@ -86,6 +86,17 @@ def test_traffic_scaling_and_group_networking_reach_the_right_pods() -> None:
     assert any(rule.get("to") == [peers] and "ports" not in rule for rule in policy["egress"])
 
 
+def test_keda_replaces_the_hpa_on_the_same_leaderworkerset() -> None:
+    docs = render("gpu-70b-2node-keda")
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"], "two autoscalers would fight"
+    spec = find(docs, "ScaledObject")["spec"]
+    lws = find(docs, "LeaderWorkerSet")
+    target = spec["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (lws["apiVersion"], lws["kind"], "lemur-70b")
+    (trigger,) = spec["triggers"]
+    assert "lemur:num_requests_pending" in trigger["metadata"]["query"] and trigger["metricType"] == "AverageValue"
+
+
 @pytest.mark.slow  # imports vLLM for its parser
 def test_lemur_serve_accepts_the_leader_and_worker_command_lines() -> None:
     from lemur.server.main import build_parser, read_flags, wants_headless

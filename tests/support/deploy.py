@@ -24,9 +24,9 @@ K8S_DIR = DEPLOY / "kubernetes"
 DOCKERFILES = (REPO / "Dockerfile", DEPLOY / "docker" / "cpu.Dockerfile")
 ENTRYPOINT = DEPLOY / "docker" / "entrypoint.sh"
 OVERLAYS = ("cpu-tiny", "gpu-70b-tp4")  # one Deployment of single-node replicas
-# Every overlay: the single-node ones, a model across two nodes (LeaderWorkerSet),
-# routing by load (InferencePool), and training (TrainJob).
-ALL_OVERLAYS = (*OVERLAYS, "gpu-70b-2node", "routing", "train-70b")
+# Every overlay: the single-node ones, a model across two nodes (LeaderWorkerSet;
+# scaled by the HPA, or by KEDA), routing by load (InferencePool), and training (TrainJob).
+ALL_OVERLAYS = (*OVERLAYS, "gpu-70b-2node", "gpu-70b-2node-keda", "routing", "train-70b")
 KUBECTL = shutil.which("kubectl")
 # Labels that Prometheus adds to every scraped series (target labels), not the server.
 TARGET_LABELS = {"instance", "job", "namespace", "pod", "service", "container", "endpoint"}
@@ -201,6 +201,12 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
         query = var.get("query")
         queries.append(query["query"] if isinstance(query, dict) else str(query))
     return queries
+
+
+def keda_queries() -> list[str]:
+    """The Prometheus queries of the KEDA overlay's ScaledObject triggers."""
+    scaled = load_yaml(K8S_DIR / "overlays" / "gpu-70b-2node-keda" / "scaledobject.yaml")
+    return [t["metadata"]["query"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"]
 
 
 def alert_exprs(groups: list[dict[str, Any]]) -> list[str]:
