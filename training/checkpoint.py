@@ -27,10 +27,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def staging_path(ckpt_dir: Path, step: int, tag: str) -> Path:
+    """Where the checkpoint of `step` is written before it is committed (`tag`: whose)."""
+    return ckpt_dir / f".tmp-step-{step:08d}-{tag}"
+
+
 def staging_dir(ckpt_dir: Path, step: int, tag: str) -> Path:
-    """A fresh temporary directory for the checkpoint of `step` (`tag`: whose)."""
+    """A fresh temporary directory at staging_path."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / f".tmp-step-{step:08d}-{tag}"
+    tmp = staging_path(ckpt_dir, step, tag)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
@@ -88,4 +93,6 @@ def is_sharded_checkpoint(path: Path) -> bool:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    """The whole state (`state.pt`), or a sharded checkpoint's step, schedule and RNG (`meta.pt`)."""
+    name = "meta.pt" if is_sharded_checkpoint(path) else "state.pt"
+    return torch.load(path / name, map_location="cpu", weights_only=False)

@@ -59,7 +59,7 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int, sharding: Sharding | Non
     if cfg.init_from and sharding is not None:
         from lemur.training.sharded import build_sharded
 
-        return build_sharded(local_model_dir(cfg.init_from), len(tokenizer), *sharding)
+        return build_sharded(local_model_dir(cfg.init_from), *sharding, vocab_size=len(tokenizer))
     if cfg.init_from:
         model = LlamaForCausalLM.from_pretrained(cfg.init_from, torch_dtype=torch.float32)
         resize_embeddings_mean(model, len(tokenizer))
@@ -85,10 +85,10 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int, sharding: Sharding | Non
 
 def load_model(path: Path, sharding: Sharding | None = None):
     import torch
-    from transformers import AutoConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     if sharding is not None:
         from lemur.training.sharded import build_sharded
 
-        return build_sharded(path, AutoConfig.from_pretrained(str(path)).vocab_size, *sharding)
+        return build_sharded(path, *sharding)
     return LlamaForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)

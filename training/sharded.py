@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ from lemur.training.distributed import Dist, barrier, shard
 MODEL_FILE_INDEX = "model.safetensors.index.json"
 
 
-def build_sharded(src: Path, vocab_size: int, cfg: DistributedConfig, d: Dist) -> torch.nn.Module:
+def build_sharded(src: Path, cfg: DistributedConfig, d: Dist, vocab_size: int | None = None) -> torch.nn.Module:
     """The Llama at `src` (a Hugging Face directory), sharded over the ranks,
-    each rank reading only its shards; the vocabulary grown to `vocab_size`."""
+    each rank reading only its shards; the vocabulary grown to `vocab_size`
+    (default: the checkpoint's own)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from transformers import AutoConfig, LlamaForCausalLM
@@ -42,7 +44,7 @@ def build_sharded(src: Path, vocab_size: int, cfg: DistributedConfig, d: Dist) -
 
     config = AutoConfig.from_pretrained(str(src))
     old_vocab = config.vocab_size
-    config.vocab_size = max(vocab_size, old_vocab)
+    config.vocab_size = max(vocab_size or old_vocab, old_vocab)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)  # (no storage: parameters are shapes only)
     shard(model, cfg)
@@ -140,8 +142,6 @@ def save_hf_sharded(model: torch.nn.Module, tokenizer: Any, path: Path, d: Dist)
     """The model as a Hugging Face directory written from the shards: each rank
     writes its pieces (path/sharded), which are then stitched into whole tensors
     (one layer per file, with model.safetensors.index.json)."""
-    import shutil
-
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 

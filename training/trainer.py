@@ -40,6 +40,7 @@ from lemur.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     staging_dir,
+    staging_path,
     write_synced,
 )
 from lemur.training.config import DistributedConfig, PhaseConfig
@@ -133,7 +134,7 @@ def _frozen_names(model: torch.nn.Module) -> set[str]:
 
 def _state_dicts(model: torch.nn.Module, opt: torch.optim.Optimizer, d: Dist) -> tuple[dict, dict]:
     """Trainable model state and optimiser state, full (unsharded) on CPU;
-    collective under FSDP."""
+    collective across ranks (DDP; an FSDP model checkpoints sharded instead)."""
     if d.enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -280,13 +281,12 @@ def _restore(ckpt_dir: Path, model: torch.nn.Module, opt, sched, d: Dist) -> Pos
     found = latest_checkpoint(ckpt_dir)
     if found is None:
         return None
+    state = load_checkpoint(found)
     if is_sharded_checkpoint(found):
         if not is_sharded(model):
             raise RuntimeError(f"{found} is a sharded (FSDP) checkpoint: resume it with distributed.strategy='fsdp'")
-        state = torch.load(found / "meta.pt", map_location="cpu", weights_only=False)
         load_sharded(found, model, opt)
     else:
-        state = load_checkpoint(found)
         _load_state_dicts(model, opt, state, d)
     sched.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
@@ -305,7 +305,7 @@ def _checkpoint(ckpt_dir: Path, model: torch.nn.Module, opt, sched, pos: Positio
         if d.is_main:
             staging_dir(ckpt_dir, pos.step, "sharded")
         barrier(d)
-        tmp = ckpt_dir / f".tmp-step-{pos.step:08d}-sharded"
+        tmp = staging_path(ckpt_dir, pos.step, "sharded")
         save_sharded(tmp, model, opt)
         if d.is_main:
             write_synced(tmp / "meta.pt", meta)

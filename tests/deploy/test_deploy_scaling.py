@@ -14,8 +14,6 @@ import pytest
 from tests.support.deploy import container, find, flag_value, render
 from tests.support.picker import picker_reads
 
-LWS_ENV = {"$(LWS_LEADER_ADDRESS)": "lemur-70b-0.lemur-70b.lemur", "$(LWS_WORKER_INDEX)": "1"}
-
 
 def _templates(lws: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     group = lws["spec"]["leaderWorkerTemplate"]
@@ -104,8 +102,8 @@ def test_lemur_serve_accepts_the_leader_and_worker_command_lines() -> None:
     lws = find(render("gpu-70b-2node"), "LeaderWorkerSet")
     leader, worker = (_main(t)["args"][1:] for t in _templates(lws))
     for args, rank in ((leader, 0), (worker, 1)):
-        argv = ["/models/lemur-70b-chat-v1", *(LWS_ENV.get(a, a) for a in args)]
-        argv = [str(rank) if a == "1" and argv[i - 1] == "--node-rank" else a for i, a in enumerate(argv)]
+        env = {"$(LWS_LEADER_ADDRESS)": "lemur-70b-0.lemur-70b.lemur", "$(LWS_WORKER_INDEX)": str(rank)}
+        argv = ["/models/lemur-70b-chat-v1", *(env.get(a, a) for a in args)]  # as the kubelet expands them
         ns, _, _ = read_flags(build_parser(), argv)
         assert (ns.nnodes, ns.node_rank, wants_headless(argv)) == (2, rank, rank > 0)
         assert (ns.tensor_parallel_size, ns.pipeline_parallel_size, ns.master_port) == (8, 2, 29501)

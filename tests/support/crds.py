@@ -15,7 +15,6 @@ part that catches typos, wrong types, unknown fields and broken rules."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -52,17 +51,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def strict_schema(schema: Any) -> Any:
-    """kubeconform's conversion of one CRD schema (a copy)."""
-    return _strict(copy.deepcopy(schema))
-
-
-def _strict(node: Any) -> Any:
+def strict_schema(node: Any) -> Any:
+    """kubeconform's conversion of one CRD schema (a new tree: the input is left as it is)."""
     if isinstance(node, list):
-        return [_strict(item) for item in node]
+        return [strict_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _strict(value) for key, value in node.items()}
+    out = {key: strict_schema(value) for key, value in node.items()}
     if "properties" in out and "additionalProperties" not in out:
         if not out.get("x-kubernetes-preserve-unknown-fields"):
             out["additionalProperties"] = False

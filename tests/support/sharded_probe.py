@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     src, vocab, out = Path(argv[0]), int(argv[1]), Path(argv[2])
     cfg = DistributedConfig(strategy="fsdp")
     d = init_distributed(cfg)
-    model = build_sharded(src, vocab, cfg, d)
+    model = build_sharded(src, cfg, d, vocab_size=vocab)
     held = torch.tensor([sum(p.to_local().numel() for p in model.parameters())])
     per_rank = [torch.zeros_like(held) for _ in range(d.world_size)]
     dist.all_gather(per_rank, held)
