@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -101,15 +102,30 @@ def start(
     cwd: Path | None = None,
 ) -> LiveServer:
     """A ready server; launched again on another port if its port was taken meanwhile."""
-    for attempt in range(3):
-        server = launch(model, log_path, extra, env, api_key, cwd)
-        try:
-            wait_ready(server, timeout)
-            return server
-        except RuntimeError as exc:
-            if attempt == 2 or PORT_TAKEN not in str(exc).lower():
-                raise
-    raise AssertionError("unreachable")
+    return start_many([partial(launch, model, log_path, extra, env, api_key, cwd)], timeout)[0]
+
+
+def start_many(launchers: Sequence[Callable[[], LiveServer]], timeout: float = 300) -> list[LiveServer]:
+    """Several ready servers, launched at once: an engine's start is mostly one
+    process at a time importing vLLM, so two start side by side in little more
+    than the time of one. Each is launched again on another port if its port
+    was taken meanwhile; if one fails, all are stopped."""
+    servers = [launcher() for launcher in launchers]
+    try:
+        for i, launcher in enumerate(launchers):
+            for attempt in range(3):
+                try:
+                    wait_ready(servers[i], timeout)
+                    break
+                except RuntimeError as exc:
+                    if attempt == 2 or PORT_TAKEN not in str(exc).lower():
+                        raise
+                    servers[i] = launcher()
+    except BaseException:
+        for server in servers:
+            stop(server)
+        raise
+    return servers
 
 
 def stop(server: LiveServer) -> None:

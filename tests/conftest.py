@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,15 @@ def start_server(
     """A ready `lemur serve` on the checkpoint with the tests' flags (the test key in its headers),
     run from the log's folder: a checkout's root on sys.path would make its
     folders importable by their own names (`server.logs` beside lemur.server.logs)."""
-    flags = [*TEST_FLAGS, *_state_dir(log_path, extra), *extra]
-    return live.start(checkpoint, log_path, flags, env, API_KEY, timeout, cwd=log_path.parent)
+    return start_servers(checkpoint, [(log_path, extra, env)], timeout)[0]
+
+
+Launch = tuple[Path, list[str], dict[str, str] | None]  # the log's path, extra flags, environment
+
+
+def start_servers(checkpoint: Path, launches: list[Launch], timeout: float = 300) -> list[LiveServer]:
+    """Several such servers, started side by side (in little more than the time of one)."""
+    return live.start_many([partial(launch_server, checkpoint, *launch) for launch in launches], timeout)
 
 
 def launch_server(checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str] | None = None) -> LiveServer:

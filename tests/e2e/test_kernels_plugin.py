@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import API_KEY, start_server, stop_server
+from tests.conftest import API_KEY, LiveServer, start_servers, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -71,25 +71,18 @@ INTERPRETED = ([0, 3], 4, 8)  # PROMPTS by index, the first N of CONCURRENT, tok
 Subset = tuple[list[int], int, int]
 
 
-def greedy_runs(
-    checkpoint: Path, log_path: Path, extra: list[str], env: dict[str, str], subset: Subset | None = None
-) -> tuple[list, str]:
+def greedy_runs(server: LiveServer, subset: Subset | None = None) -> list:
     """Greedy results for PROMPTS, LONG twice (the second from the prefix
-    cache) and CONCURRENT at once, or for `subset` of them; and the log."""
+    cache) and CONCURRENT at once, or for `subset` of them."""
     prompts, concurrent, tokens = (
         (PROMPTS, CONCURRENT, TOKENS)
         if subset is None
         else ([PROMPTS[i] for i in subset[0]], CONCURRENT[: subset[1]], subset[2])
     )
-    server = start_server(checkpoint, log_path, [*SERVER_FLAGS, *extra], env=env)
-    try:
-        client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=300)
-        model = client.models.list().data[0].id
-        runs = [complete(client, model, p, tokens) for p in [*prompts, LONG, LONG]]
-        runs += asyncio.run(complete_all(server.url("/v1"), model, concurrent, tokens))
-    finally:
-        stop_server(server)
-    return runs, log_path.read_text(errors="replace")
+    client = openai.OpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=300)
+    model = client.models.list().data[0].id
+    runs = [complete(client, model, p, tokens) for p in [*prompts, LONG, LONG]]
+    return runs + asyncio.run(complete_all(server.url("/v1"), model, concurrent, tokens))
 
 
 def _subset(runs: list, subset: Subset) -> list:
@@ -100,23 +93,36 @@ def _subset(runs: list, subset: Subset) -> list:
     return [(t[:tokens], lp[:tokens], finish) for t, lp, finish in chosen]
 
 
+# name -> extra flags, environment, the subset it runs (None: all)
+VARIANTS: dict[str, tuple[list[str], dict[str, str], Subset | None]] = {
+    "vllm-ops": ([], {}, None),  # the baseline: the plugin is installed but off by default
+    "triton-interpreter": (["--kernels", "triton"], {"TRITON_INTERPRET": "1"}, INTERPRETED),
+    "torch": (["--kernels", "triton"], {}, None),  # a CPU without the interpreter: the torch twins, no error
+}
+
+
 def test_plugin_keeps_greedy_outputs(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    baseline, base_log = greedy_runs(tiny_checkpoint, tmp_path / "vllm-ops.log", [], {})
-    assert "lemur kernels" not in base_log  # the plugin is installed but stays off by default
+    launches = [(tmp_path / f"{name}.log", [*SERVER_FLAGS, *extra], env) for name, (extra, env, _) in VARIANTS.items()]
+    servers = dict(zip(VARIANTS, start_servers(tiny_checkpoint, launches), strict=True))
+    try:
+        runs = {name: greedy_runs(servers[name], subset) for name, (_, _, subset) in VARIANTS.items()}
+    finally:
+        for server in servers.values():
+            stop_server(server)
+    baseline = runs.pop("vllm-ops")
+    assert "lemur kernels" not in (tmp_path / "vllm-ops.log").read_text(errors="replace")
     assert all(len(tokens) == TOKENS for tokens, _, _ in baseline)
 
-    variants = {
-        "triton-interpreter": ({"TRITON_INTERPRET": "1"}, INTERPRETED),
-        "torch": ({}, None),  # a CPU without the interpreter: the torch twins, no error
-    }
-    for backend, (env, subset) in variants.items():
-        log_path = tmp_path / f"{backend}.log"
-        runs, log = greedy_runs(tiny_checkpoint, log_path, ["--kernels", "triton"], env, subset)
+    for backend, backend_runs in runs.items():
+        log = (tmp_path / f"{backend}.log").read_text(errors="replace")
+        subset = VARIANTS[backend][2]
         expected = baseline if subset is None else _subset(baseline, subset)
         for op in OPS:
             assert f"lemur kernels: {op} runs on {backend} (torch.float32)" in log, f"{op} not swapped in ({backend})"
         assert f"lemur kernels: attention backend LEMUR runs on {backend} (torch.float32)" in log, backend
-        for (tokens, logprobs, finish), (base_tokens, base_logprobs, base_finish) in zip(runs, expected, strict=True):
+        for (tokens, logprobs, finish), (base_tokens, base_logprobs, base_finish) in zip(
+            backend_runs, expected, strict=True
+        ):
             assert tokens == base_tokens, backend
             assert finish == base_finish
             assert max(abs(a - b) for a, b in zip(logprobs, base_logprobs, strict=True)) < 1e-4
