@@ -97,6 +97,8 @@ class ResponsesAnswer:
         self._sequence = 0
         self._items: list[OutputItem] = []
         self._open: OutputItem | None = None  # the item whose deltas are streaming
+        self._open_at: dict[str, Any] = {}  # where its deltas go: item_id, output_index (, content_index)
+        self._text: list[str] = []  # the open message's text so far
         self._finish: str | None = None
 
     def _object(
@@ -121,23 +123,20 @@ class ResponsesAnswer:
     # The stream
 
     def opening(self) -> str:
-        started = self._object("in_progress", [])
+        started = self._object("in_progress", []).model_dump(mode="json")  # once, for both events
         return self._event("response.created", response=started) + self._event("response.in_progress", response=started)
-
-    def _where(self) -> dict[str, Any]:
-        """Where the open item's deltas go."""
-        assert self._open is not None
-        return {"item_id": self._open.id, "output_index": len(self._items) - 1}
 
     def _start(self, item: OutputItem) -> str:
         text = self._close("completed")
         self._items.append(item)
         self._open = item
-        text += self._event("response.output_item.added", output_index=len(self._items) - 1, item=item)
+        index = len(self._items) - 1
+        text += self._event("response.output_item.added", output_index=index, item=item)
+        self._open_at = {"item_id": item.id, "output_index": index}
         if isinstance(item, OutputMessage):
-            text += self._event(
-                "response.content_part.added", **self._where(), content_index=0, part=OutputText(text="")
-            )
+            self._open_at["content_index"] = 0
+            self._text = []
+            text += self._event("response.content_part.added", **self._open_at, part=OutputText(text=""))
         return text
 
     def _close(self, status: str) -> str:
@@ -148,13 +147,12 @@ class ResponsesAnswer:
         item.status = status
         if isinstance(item, OutputMessage):
             part = item.content[0]
-            where = {"item_id": item.id, "output_index": index, "content_index": 0}
-            text = self._event("response.output_text.done", **where, text=part.text, logprobs=[])
-            text += self._event("response.content_part.done", **where, part=part)
+            part.text = "".join(self._text)
+            text = self._event("response.output_text.done", **self._open_at, text=part.text, logprobs=[])
+            text += self._event("response.content_part.done", **self._open_at, part=part)
         else:
-            where = {"item_id": item.id, "output_index": index}
             text = self._event(
-                "response.function_call_arguments.done", **where, name=item.name, arguments=item.arguments
+                "response.function_call_arguments.done", **self._open_at, name=item.name, arguments=item.arguments
             )
         return text + self._event("response.output_item.done", output_index=index, item=item)
 
@@ -167,17 +165,15 @@ class ResponsesAnswer:
         if delta.content:
             if not isinstance(self._open, OutputMessage):
                 text += self._start(_message("in_progress", ""))
-            assert isinstance(self._open, OutputMessage)
-            self._open.content[0].text += delta.content
-            where = {**self._where(), "content_index": 0}
-            text += self._event("response.output_text.delta", **where, delta=delta.content, logprobs=[])
+            self._text.append(delta.content)
+            text += self._event("response.output_text.delta", **self._open_at, delta=delta.content, logprobs=[])
         for call in delta.tool_calls or ():
             if call.id is not None:
                 text += self._start(_call("in_progress", call.id, call.function.name or "", ""))
             if call.function.arguments and isinstance(self._open, OutputFunctionCall):
                 self._open.arguments += call.function.arguments
                 delta_args = call.function.arguments
-                text += self._event("response.function_call_arguments.delta", **self._where(), delta=delta_args)
+                text += self._event("response.function_call_arguments.delta", **self._open_at, delta=delta_args)
         return text
 
     async def closing(self, usage: Usage) -> str:
