@@ -18,6 +18,8 @@ they would on a machine serving a small model, and each run is long enough
 
     .venv/bin/python benchmarks/agent_apis.py --rounds 3
     .venv/bin/python benchmarks/agent_apis.py --rounds 3 --engine vllm
+    .venv/bin/python benchmarks/agent_apis.py --rounds 12 --engine vllm \
+        --scenario "streaming 64 tokens, 128 streams" --requests 1024
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ SCENARIOS = {
         ["--concurrency", "128", "--output-len", "64"],
         "output_token_throughput",
         {"mock": 1024, "vllm": 2048},
+    ),
+    # Whole answers of a realistic length: the Agents SDK's Runner.run asks for them.
+    "non-streaming, 64 tokens, 32 in flight": (
+        ["--no-stream", "--concurrency", "32", "--output-len", "64"],
+        "request_throughput",
+        {"mock": 4096, "vllm": 1024},
     ),
     "non-streaming, max_tokens 1, 32 in flight": (
         ["--no-stream", "--concurrency", "32", "--output-len", "1"],
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--engine", choices=("mock", "vllm"), default="mock")
+    parser.add_argument("--scenario", choices=("all", *SCENARIOS), default="all", help="one load only")
+    parser.add_argument("--requests", type=int, default=None, help="requests per run (default: by engine)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "agent-apis.json")
     args = parser.parse_args(argv)
     # The real engine needs both cores for itself; only the mock one is pinned.
@@ -94,14 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     from lemur.training.tiny import build_tiny_checkpoint
 
     model = build_tiny_checkpoint(work / "tiny")
-    figures = {s: {api: [] for api in APIS} for s in SCENARIOS}
-    cpu = {s: {api: [] for api in APIS} for s in SCENARIOS}
+    scenarios = {k: v for k, v in SCENARIOS.items() if args.scenario in ("all", k)}
+    figures = {s: {api: [] for api in APIS} for s in scenarios}
+    cpu = {s: {api: [] for api in APIS} for s in scenarios}
     proc, port = start(model, work / "server.log", server_cpu, args.engine)
     try:
         for r in range(args.rounds):
-            for scenario, (flags, figure, requests) in SCENARIOS.items():
+            for scenario, (flags, figure, requests) in scenarios.items():
                 for api in APIS if r % 2 == 0 else APIS[::-1]:
-                    bench_args = [*flags, "--num-requests", str(requests[args.engine])]
+                    bench_args = [*flags, "--num-requests", str(args.requests or requests[args.engine])]
                     before = cpu_seconds(proc.pid)
                     report = bench(port, model, [*bench_args, "--endpoint", api], work / f"{api}.json", client_cpu)
                     cpu_us = (cpu_seconds(proc.pid) - before) / report["completed"] * 1e6
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    summary = {scenario: _summary(figures[scenario], cpu[scenario]) for scenario in SCENARIOS}
+    summary = {scenario: _summary(figures[scenario], cpu[scenario]) for scenario in scenarios}
     for scenario, rows in summary.items():
         for api, row in rows.items():
             rounds = ", ".join(f"{r:.3f}" for r in row["round_ratios"])
