@@ -74,13 +74,13 @@ screenshots: install browser model
 # deadlines and drains).
 test: install browser postgres agents
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not engine" -n auto
+	$(BIN)/pytest -q -m "not engine" -n auto --dist loadgroup
 	$(BIN)/pytest -q -m engine
 
 # The fast loop: every test that starts no vLLM engine and is not slow, on every core.
 test-fast: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -m "not engine and not slow" -n auto
+	$(BIN)/pytest -q -m "not engine and not slow" -n auto --dist loadgroup
 
 # The floor plan (pyproject's [tool.importlinter]) on the installed layout.
 layers: install

@@ -17,3 +17,11 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
     export = run.parent / "export"
     summary = run_recipe(load_config(MICRO), run, export)
     return run, export, summary
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that start from the micro run share one pytest-xdist worker
+    (`--dist loadgroup` in the Makefile), so the run is made once, not once per worker."""
+    for item in items:
+        if "micro_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("micro_run"))
