@@ -171,6 +171,7 @@ class MessagesRequest(MessagesBase):
     top_k: int | None = Field(default=None, ge=0)
     metadata: Metadata | None = None
     stream: bool = False
+    ignore_eos: bool = False  # vLLM's extension, as in chat: write max_tokens whatever the model says (load tests)
 
 
 class CountTokensRequest(MessagesBase):

@@ -169,6 +169,7 @@ class ResponsesRequest(RequestModel):
     user: str | None = None
     stream: bool = False
     truncation: Literal["disabled"] | None = None
+    ignore_eos: bool = False  # vLLM's extension, as in chat: write max_output_tokens whatever the model says
 
     @model_validator(mode="after")
     def _input_items(self) -> ResponsesRequest:

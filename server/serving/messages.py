@@ -128,6 +128,7 @@ def _sampling(req: MessagesRequest) -> dict[str, Any]:
         "top_p": req.top_p,
         "top_k": req.top_k,
         "user": req.metadata.user_id if req.metadata else None,
+        "ignore_eos": req.ignore_eos or None,
     }
     return {k: v for k, v in fields.items() if v is not None}
 

@@ -127,6 +127,7 @@ def restate(turn: ResponsesTurn) -> Restated:
         "temperature": req.temperature,
         "top_p": req.top_p,
         "user": req.user,
+        "ignore_eos": req.ignore_eos or None,
     }
     body.update({k: v for k, v in sampling.items() if v is not None})
     return Restated(body, message_origin, [i for i, _ in functions], RENAMES)

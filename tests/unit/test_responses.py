@@ -66,6 +66,19 @@ def test_only_web_search_and_auto_means_no_tools() -> None:
     assert "tools" not in restated.body and "tool_choice" not in restated.body
 
 
+def test_ignore_eos_reaches_the_chat_request_in_both_apis() -> None:
+    """`lemur bench --ignore-eos` sends vLLM's extension to every API: a load
+    test of a model that ends its turns compares the same token counts."""
+    from lemur.server.protocol.messages import MessagesRequest
+    from lemur.server.serving import messages
+
+    assert chat_request(restate(turn(input="hi", ignore_eos=True))).ignore_eos is True
+    assert chat_request(restate(turn(input="hi"))).ignore_eos is False
+    ask = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    assert chat_request(messages.restate(MessagesRequest.model_validate({**ask, "ignore_eos": True}))).ignore_eos
+    assert not chat_request(messages.restate(MessagesRequest.model_validate(ask))).ignore_eos
+
+
 def test_store_true_without_a_store_is_a_400() -> None:
     service = ResponsesService(chat=None, store=None, limits=StoreLimits(8, 1 << 20))  # type: ignore[arg-type]
     req = ResponsesRequest.model_validate({"input": "hi", "store": True})
